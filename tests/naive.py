@@ -1,0 +1,42 @@
+"""Plain NumPy references of every kernel (as in STUMPY's tests/naive.py): slow, obvious,
+written straight from the formulas of SPEC section 2, in float64."""
+import numpy as np
+
+
+def act(z, activation="relu", q=3, rho=0.1):
+    z = np.asarray(z, dtype=np.float64)
+    if activation == "relu":
+        return np.maximum(z, 0.0)
+    return np.where(z <= 0, 0.0, np.where(z <= rho, z ** q / (q * rho ** (q - 1)), z - (1 - 1 / q) * rho))
+
+
+def dact(z, activation="relu", q=3, rho=0.1):
+    z = np.asarray(z, dtype=np.float64)
+    if activation == "relu":
+        return (z > 0).astype(np.float64)
+    return np.where(z <= 0, 0.0, np.where(z <= rho, (z / rho) ** (q - 1), 1.0))
+
+
+def outputs(X, W, b, **a):
+    U = np.asarray(X, np.float64) @ np.asarray(W, np.float64).T
+    return np.sum(act(U - b, **a) - act(-U - b, **a), axis=1)
+
+
+def losses(X, y, W, b, **a):
+    return np.logaddexp(0.0, -y * outputs(X, W, b, **a))
+
+
+def grads(X, y, W, b, **a):
+    """(mean loss, dL/dW, dL/db, per-sample dl_n/dx_n) for the mean logistic loss."""
+    X = np.asarray(X, np.float64)
+    W = np.asarray(W, np.float64)
+    U = X @ W.T
+    f = np.sum(act(U - b, **a) - act(-U - b, **a), axis=1)
+    dldf = -y / (1.0 + np.exp(y * f))
+    du = dact(U - b, **a) + dact(-U - b, **a)
+    db = dact(-U - b, **a) - dact(U - b, **a)
+    n = len(X)
+    gW = (dldf[:, None] * du).T @ X / n
+    gb = (dldf[:, None] * db).sum(axis=0) / n
+    gx = (dldf[:, None] * du) @ W
+    return np.mean(np.logaddexp(0.0, -y * f)), gW, gb, gx
