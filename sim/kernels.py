@@ -135,6 +135,26 @@ def backward_stage(U, y, b, act, q, rho, scale, want_bias):
     return f, loss, dldf, grad_b
 
 
+@njit(cache=True, parallel=True)
+def output_grad_stage(U, b, act, q, rho):
+    """In place: U (pre-activations) becomes dg/du(U[n, i], b_i); returns f (float64).
+
+    Then df/dx = U @ W: the input gradient of the output itself, which attacks follow
+    (its direction equals that of the logistic loss gradient, without the underflow of
+    sigmoid(-y f) on confidently classified points).
+    """
+    n, m = U.shape
+    f = np.empty(n, dtype=np.float64)
+    for r in prange(n):
+        s = 0.0
+        for i in range(m):
+            u = U[r, i]
+            s += _act(u - b[i], act, q, rho) - _act(-u - b[i], act, q, rho)
+            U[r, i] = _dact(u - b[i], act, q, rho) + _dact(-u - b[i], act, q, rho)
+        f[r] = s
+    return f
+
+
 def set_threads(n: int) -> None:
     """Set Numba's thread count (BLAS threads are set by the environment / threadpoolctl)."""
     numba.set_num_threads(n)

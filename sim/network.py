@@ -107,3 +107,10 @@ class TwoLayerNet:
         f, loss, _, _ = kernels.backward_stage(U, np.asarray(y, np.float64), self.bias(),
                                                *self._act_args(), 1.0, False)
         return matmul(U, self.W), loss, f
+
+    def output_gradient(self, X: np.ndarray):
+        """(df/dx (n x d, dtype of W), f): the gradient of each output in its input."""
+        X = np.asarray(X, dtype=self.W.dtype)
+        U = self.preactivations(X)
+        f = kernels.output_grad_stage(U, self.bias(), *self._act_args())
+        return matmul(U, self.W), f

@@ -64,17 +64,17 @@ def test_kernels_match_numpy_reference(inst):
     gx, loss_n, _ = net.input_gradient(X, y)
     assert rel_err(gx, gx_ref) < tol
     assert rel_err(loss_n, naive.losses(Xr, y, Wr, b, **act_kwargs(net))) < tol
+    J, f3 = net.output_gradient(X)
+    assert rel_err(J, naive.output_grads(Xr, Wr, b, **act_kwargs(net))) < tol
+    assert rel_err(f3, f) < tol
 
 
-def torch_loss(net, X, y):
-    """The mean logistic loss in torch float64, with the bias as the network defines it."""
-    W = torch.tensor(net.W, dtype=torch.float64, requires_grad=True)
-    Xt = torch.tensor(X, dtype=torch.float64, requires_grad=True)
-    if net.model.bias in ("relative", "schedule"):
-        b = net.beta * W.detach().norm(dim=1)  # not differentiated, by definition
-        b.requires_grad_(True)
-    else:
-        b = torch.tensor(net.b, dtype=torch.float64, requires_grad=True)
+def torch_outputs(net, Xt, W=None, b=None):
+    """f(x) in torch float64, with the bias as the network defines it."""
+    if W is None:
+        W = torch.tensor(net.W, dtype=torch.float64)
+    if b is None:
+        b = torch.tensor(net.bias(), dtype=torch.float64)
     q, rho = net.model.q, net.model.rho
 
     def act(z):
@@ -85,7 +85,19 @@ def torch_loss(net, X, y):
                            torch.where(z <= rho, zc ** q / (q * rho ** (q - 1)), z - (1 - 1 / q) * rho))
 
     U = Xt @ W.T
-    f = (act(U - b) - act(-U - b)).sum(dim=1)
+    return (act(U - b) - act(-U - b)).sum(dim=1)
+
+
+def torch_loss(net, X, y):
+    """Per-sample logistic losses in torch float64, and the leaves W, b, X."""
+    W = torch.tensor(net.W, dtype=torch.float64, requires_grad=True)
+    Xt = torch.tensor(X, dtype=torch.float64, requires_grad=True)
+    if net.model.bias in ("relative", "schedule"):
+        b = net.beta * W.detach().norm(dim=1)  # not differentiated, by definition
+        b.requires_grad_(True)
+    else:
+        b = torch.tensor(net.b, dtype=torch.float64, requires_grad=True)
+    f = torch_outputs(net, Xt, W, b)
     yt = torch.tensor(y, dtype=torch.float64)
     per = torch.logaddexp(torch.zeros_like(f), -yt * f)  # exact (softplus is linear past 20)
     return per, W, b, Xt
@@ -104,6 +116,10 @@ def test_gradients_match_torch_autograd_float64(inst):
     per.sum().backward()  # d(sum_n l_n)/dx_n = dl_n/dx_n: the per-sample input gradients
     gx, _, _ = net.input_gradient(X, y)
     assert rel_err(gx, Xt.grad.numpy()) <= 1e-10
+    Xt2 = torch.tensor(X, dtype=torch.float64, requires_grad=True)
+    torch_outputs(net, Xt2).sum().backward()
+    J, _ = net.output_gradient(X)
+    assert rel_err(J, Xt2.grad.numpy()) <= 1e-10
 
 
 def test_relu_kink_subgradient_is_zero():

@@ -1,0 +1,193 @@
+"""Attacks on binary classifiers f (label sgn f), batched, in l2 and l_inf balls.
+
+A model is anything with `forward(X) -> f` and `output_gradient(X) -> (df/dx, f)`:
+the two-layer network, and the low-complexity models of the lower bound. Attacks
+ascend the margin loss -y f(x); for a binary classifier its gradient has the direction
+of the logistic loss gradient (they differ by the factor sigmoid(-y f) > 0), so FGM is
+the same attack, and it does not vanish by underflow on confident points.
+
+Every attack returns an AttackResult: the perturbed points (always inside the ball,
+up to rounding) and per-sample success (y f(x + delta) <= 0). Robust accuracy under a
+set of attacks is the share of points that no attack of the set breaks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NORMS = ("l2", "linf")
+
+
+def _check(norm: str, tau: float):
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r} is invalid: allowed 'l2', 'linf'")
+    if not (np.isfinite(tau) and tau >= 0):
+        raise ValueError(f"tau={tau!r} is invalid: allowed values in [0, inf)")
+
+
+@dataclass
+class AttackResult:
+    name: str
+    x_adv: np.ndarray
+    success: np.ndarray  # bool per sample: y f(x_adv) <= 0
+    margin: np.ndarray  # y f(x_adv), per sample
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(np.mean(~self.success))
+
+
+def _result(name, model, X_adv, y):
+    f = model.forward(X_adv)
+    margin = y * f
+    return AttackResult(name, X_adv, margin <= 0, margin)
+
+
+def project(delta: np.ndarray, norm: str, tau: float) -> np.ndarray:
+    """Euclidean projection of each row of delta onto the ball of radius tau."""
+    if norm == "linf":
+        return np.clip(delta, -tau, tau)
+    n = np.linalg.norm(delta, axis=1, keepdims=True)
+    return delta * np.minimum(1.0, tau / np.maximum(n, 1e-300))
+
+
+def steepest(g: np.ndarray, norm: str) -> np.ndarray:
+    """The unit-ball point maximising <g, .>: g/|g|_2 (l2) or sign(g) (l_inf); 0 where g = 0."""
+    if norm == "linf":
+        return np.sign(g)
+    n = np.linalg.norm(g, axis=1, keepdims=True)
+    return np.where(n > 0, g / np.where(n > 0, n, 1.0), 0.0)
+
+
+def random_in_ball(rng: np.random.Generator, shape, norm: str, tau: float) -> np.ndarray:
+    """Uniform points in the ball (l2: direction uniform, radius tau U^(1/d))."""
+    if norm == "linf":
+        return rng.uniform(-tau, tau, size=shape)
+    g = rng.standard_normal(shape)
+    g /= np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-300)
+    r = tau * rng.random((shape[0], 1)) ** (1.0 / shape[1])
+    return g * r
+
+
+def margin_gradient(model, X, y):
+    """Gradient in x of the margin loss -y f(x), and f."""
+    J, f = model.output_gradient(X)
+    return -y[:, None] * J, f
+
+
+def fgm(model, X, y, tau, norm="l2") -> AttackResult:
+    """One step of size tau along the steepest ascent direction: FGM (l2) / FGSM (l_inf)."""
+    _check(norm, tau)
+    g, _ = margin_gradient(model, X, y)
+    X_adv = X + tau * steepest(g, norm)
+    return _result("fgm" if norm == "l2" else "fgsm", model, X_adv, y)
+
+
+def pgd(model, X, y, tau, norm="l2", steps=50, restarts=5, step_size=None, rng=None,
+        random_start=True) -> AttackResult:
+    """Projected gradient ascent on -y f with random starts and restarts.
+
+    Step size: step_size * tau, with step_size = 2.5 / steps by default (Madry et al.),
+    halved at 50 % and 75 % of the steps. Restart 0 starts at x (no noise) unless
+    random_start and restarts == 1; every other restart starts uniformly in the ball.
+    The best point per sample (lowest margin) over all steps and restarts is kept.
+    """
+    _check(norm, tau)
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"steps={steps}, restarts={restarts} are invalid: allowed integers >= 1")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    alpha0 = (step_size if step_size is not None else 2.5 / steps) * tau
+    best_x = X.copy()
+    best_m = y * model.forward(X)
+    for r in range(restarts):
+        if random_start and (r > 0 or restarts == 1):
+            delta = random_in_ball(rng, X.shape, norm, tau)
+        else:
+            delta = np.zeros_like(X)
+        for t in range(steps):
+            alpha = alpha0 * (0.5 if t >= steps // 2 else 1.0) * (0.5 if t >= (3 * steps) // 4 else 1.0)
+            g, f = margin_gradient(model, X + delta, y)
+            m = y * f
+            better = m < best_m
+            best_m = np.where(better, m, best_m)
+            best_x[better] = (X + delta)[better]
+            delta = project(delta + alpha * steepest(g, norm), norm, tau)
+        m = y * model.forward(X + delta)
+        better = m < best_m
+        best_m = np.where(better, m, best_m)
+        best_x[better] = (X + delta)[better]
+    return AttackResult(f"pgd{steps}x{restarts}", best_x, best_m <= 0, best_m)
+
+
+def dense(model, X, y, tau, direction, norm="l2") -> AttackResult:
+    """The theory-guided dense attack: delta = -y tau v/|v| (l2) or -y tau sign(v) (l_inf), v = M w*."""
+    _check(norm, tau)
+    v = steepest(direction[None, :], norm)[0]
+    X_adv = X - tau * y[:, None] * v[None, :]
+    return _result("dense", model, X_adv, y)
+
+
+def random_noise(model, X, y, tau, norm="l2", draws=10, rng=None) -> AttackResult:
+    """A control: the best of `draws` random points on the sphere (l2) / corners (l_inf)."""
+    _check(norm, tau)
+    rng = rng if rng is not None else np.random.default_rng(0)
+    best_x, best_m = X.copy(), y * model.forward(X)
+    for _ in range(draws):
+        if norm == "linf":
+            delta = tau * rng.choice(np.array([-1.0, 1.0]), size=X.shape)
+        else:
+            delta = steepest(rng.standard_normal(X.shape), "l2") * tau
+        m = y * model.forward(X + delta)
+        better = m < best_m
+        best_m = np.where(better, m, best_m)
+        best_x[better] = (X + delta)[better]
+    return AttackResult("random", best_x, best_m <= 0, best_m)
+
+
+@dataclass
+class RobustReport:
+    """Robust accuracy under the best of several attacks, with the per-attack numbers."""
+
+    clean_accuracy: float
+    robust_accuracy: float
+    per_attack: dict
+    masking_flag: bool
+    masking_note: str
+    broken: np.ndarray  # bool per sample: some attack succeeded (or misclassified clean)
+
+
+GRADIENT_ATTACKS = ("fgm", "fgsm", "pgd")
+
+
+def evaluate_robustness(model, X, y, tau, norm="l2", direction=None, pgd_steps=50, pgd_restarts=5,
+                        random_draws=10, seed=0) -> RobustReport:
+    """Run FGM, PGD (steps x restarts), the dense attack (if a direction is given) and the
+    random control; robust accuracy = share of points none of them breaks.
+
+    Gradient masking check: if a non-gradient attack (dense, random) breaks points that
+    every gradient attack left standing, on more than 1 % of the points, the gradient
+    attacks are weak there and the report flags it.
+    """
+    rng = np.random.default_rng(seed)
+    clean_margin = y * model.forward(X)
+    results = [fgm(model, X, y, tau, norm), pgd(model, X, y, tau, norm, pgd_steps, pgd_restarts, rng=rng)]
+    if direction is not None:
+        results.append(dense(model, X, y, tau, direction, norm))
+    results.append(random_noise(model, X, y, tau, norm, random_draws, rng=rng))
+    broken = clean_margin <= 0
+    grad_broken = broken.copy()
+    other_broken = np.zeros_like(broken)
+    per = {}
+    for r in results:
+        per[r.name] = r.robust_accuracy
+        broken |= r.success
+        if r.name.startswith(GRADIENT_ATTACKS):
+            grad_broken |= r.success
+        else:
+            other_broken |= r.success
+    extra = float(np.mean(other_broken & ~grad_broken))
+    flag = extra > 0.01
+    note = (f"non-gradient attacks break {100 * extra:.1f} % of points that FGM and PGD miss"
+            + (": gradient masking suspected" if flag else ""))
+    return RobustReport(float(np.mean(clean_margin > 0)), float(np.mean(~broken)), per, flag, note, broken)

@@ -1,0 +1,78 @@
+"""Properties every attack and the robust-accuracy report must have (hypothesis)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim import attacks
+from sim.config import ModelConfig
+from sim.network import TwoLayerNet
+
+
+@st.composite
+def problems(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    n, m, d = draw(st.integers(1, 40)), draw(st.integers(1, 10)), draw(st.integers(1, 8))
+    net = TwoLayerNet(rng.standard_normal((m, d)), ModelConfig(bias="fixed", bias_value=draw(st.floats(0, 0.5)),
+                                                               activation=draw(st.sampled_from(["relu", "smooth_relu"]))))
+    X = rng.standard_normal((n, d))
+    y = np.sign(net.forward(X) + 1e-9)
+    y[y == 0] = 1.0
+    flip = rng.random(n) < 0.1
+    y[flip] *= -1
+    return net, X, y, draw(st.sampled_from(attacks.NORMS)), draw(st.floats(0.0, 1.5)), rng.standard_normal(d)
+
+
+def dist(X_adv, X, norm):
+    D = X_adv - X
+    return np.max(np.abs(D), axis=1) if norm == "linf" else np.linalg.norm(D, axis=1)
+
+
+@settings(max_examples=30)
+@given(problems())
+def test_perturbations_stay_in_the_ball(p):
+    net, X, y, norm, tau, v = p
+    for r in (attacks.fgm(net, X, y, tau, norm), attacks.pgd(net, X, y, tau, norm, steps=5, restarts=2),
+              attacks.dense(net, X, y, tau, v, norm), attacks.random_noise(net, X, y, tau, norm, draws=3)):
+        assert np.all(dist(r.x_adv, X, norm) <= tau * (1 + 1e-12) + 1e-15), r.name
+        np.testing.assert_array_equal(r.success, y * net.forward(r.x_adv) <= 0)
+
+
+@settings(max_examples=30)
+@given(problems())
+def test_best_of_attacks_is_at_most_each_attack_and_clean(p):
+    net, X, y, norm, tau, v = p
+    rep = attacks.evaluate_robustness(net, X, y, tau, norm, direction=v, pgd_steps=5, pgd_restarts=2, random_draws=3)
+    assert rep.robust_accuracy <= rep.clean_accuracy + 1e-12
+    for name, acc in rep.per_attack.items():
+        assert rep.robust_accuracy <= acc + 1e-12, name
+
+
+@settings(max_examples=30)
+@given(problems())
+def test_zero_radius_gives_clean_accuracy(p):
+    net, X, y, norm, _, v = p
+    rep = attacks.evaluate_robustness(net, X, y, 0.0, norm, direction=v, pgd_steps=3, pgd_restarts=2, random_draws=2)
+    assert rep.robust_accuracy == rep.clean_accuracy == float(np.mean(y * net.forward(X) > 0))
+
+
+def test_pgd_at_least_as_strong_as_fgm_on_a_linear_direction():
+    """On f(x) = <w, x> (one neuron, zero bias, inputs inside the linear region) the exact
+    worst case is known: margin - tau |w|_* ; FGM and PGD both reach it."""
+    w = np.array([[0.6, -0.8, 0.0]])
+    net = TwoLayerNet(w, ModelConfig(bias="fixed", bias_value=0.0))
+    X = np.array([[2.0, 0.0, 1.0], [0.0, -3.0, 0.0]])
+    y = np.array([1.0, 1.0])
+    for norm, dual in (("l2", 1.0), ("linf", 1.4)):
+        tau = 0.5
+        exact = y * (X @ w[0]) - tau * dual
+        np.testing.assert_allclose(attacks.fgm(net, X, y, tau, norm).margin, exact, atol=1e-12)
+        np.testing.assert_allclose(attacks.pgd(net, X, y, tau, norm, steps=10, restarts=2).margin, exact, atol=1e-12)
+
+
+def test_bad_arguments_are_named():
+    net = TwoLayerNet(np.ones((1, 2)), ModelConfig(bias="fixed"))
+    with pytest.raises(ValueError, match="norm='l1'"):
+        attacks.fgm(net, np.zeros((1, 2)), np.ones(1), 0.1, "l1")
+    with pytest.raises(ValueError, match=r"tau=-1"):
+        attacks.fgm(net, np.zeros((1, 2)), np.ones(1), -1, "l2")
