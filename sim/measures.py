@@ -1,0 +1,126 @@
+"""Purification measures of the hidden weights (SPEC C2 and C4; the measures are [ours]).
+
+Dictionary basis: c_i = M^T w_i. A neuron's principal part is its coordinates with
+|c_ij| >= principal_threshold * max_j |c_ij| (its few large atoms); the rest is its
+dense part. With an orthogonal M, w_i = M c_i splits exactly into the two parts.
+
+C2 (clean weights carry a dense mixture along w*):
+- dense_ratio_i = |dense part| / |principal part|;
+- dense_cos_i = cos(dense part of c_i, s_i w*), s_i = sign(c_ij*) w*_j* for the largest
+  atom j* (so a neuron that votes for the label of its atom has s_i = +1);
+- dense output share: mean |f(x) - f_P(x)| / mean |f(x)| on test points, f_P the network
+  with every neuron cut to its principal part (same biases).
+C4 (purification, w_i clean, w'_i adversarially trained from w_i):
+- beta_i = <w_i, w'_i> / |w'_i|^2, v_i = w_i - beta_i w'_i (the least-squares split);
+  the share of neurons with |beta_i w'_i| > |v_i|;
+- the share of |v_i|^2 outside the principal atoms of w'_i (v_i "mostly dense");
+- |cos(w_i, w_i^0)| and |cos(w'_i, w_i^0)| with the initial weights.
+
+Summaries average over the learned neurons: |w_i| >= learned_fraction * max_j |w_j|
+(neurons that never grew beyond their tiny init carry no feature). Every measure is
+invariant under permuting the neurons and under rotating x, w and M together.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .network import TwoLayerNet
+
+
+def _row_cos(A, B):
+    na = np.linalg.norm(A, axis=1)
+    nb = np.linalg.norm(B, axis=1)
+    den = na * nb
+    return np.where(den > 0, np.sum(A * B, axis=1) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def coefficients(W, M):
+    """c_i = M^T w_i for every neuron (m x D)."""
+    return np.asarray(W, np.float64) @ M
+
+
+def principal_mask(C, threshold=0.5):
+    """Boolean (m x D): the principal coordinates of each neuron."""
+    mx = np.max(np.abs(C), axis=1, keepdims=True)
+    return np.abs(C) >= threshold * np.where(mx > 0, mx, np.inf)
+
+
+def learned(W, fraction=0.1):
+    """Neurons whose norm is at least `fraction` of the largest norm."""
+    n = np.linalg.norm(np.asarray(W, np.float64), axis=1)
+    return n >= fraction * n.max() if n.max() > 0 else np.zeros(len(n), bool)
+
+
+def dense_measures(W, M, wstar, threshold=0.5):
+    """Per-neuron C2 measures: dict of arrays dense_ratio, dense_cos, principal_atom."""
+    C = coefficients(W, M)
+    P = principal_mask(C, threshold)
+    principal = np.where(P, C, 0.0)
+    dense = np.where(P, 0.0, C)
+    j = np.argmax(np.abs(C), axis=1)
+    s = np.sign(C[np.arange(len(C)), j]) * wstar[j]
+    pn = np.linalg.norm(principal, axis=1)
+    ratio = np.linalg.norm(dense, axis=1) / np.where(pn > 0, pn, np.inf)
+    cos = s * _row_cos(dense, np.broadcast_to(wstar, dense.shape))
+    return {"dense_ratio": ratio, "dense_cos": cos, "principal_atom": j, "n_principal": P.sum(axis=1)}
+
+
+def principal_net(net: TwoLayerNet, M, threshold=0.5) -> TwoLayerNet:
+    """The network with every neuron cut to its principal part (biases kept as they are)."""
+    C = coefficients(net.W, M)
+    P = principal_mask(C, threshold)
+    W_P = np.where(P, C, 0.0) @ np.linalg.pinv(M)
+    return TwoLayerNet(W_P.astype(net.W.dtype), net.model.replace(bias="fixed"), b=net.bias().copy())
+
+
+def dense_output_share(net: TwoLayerNet, M, X, threshold=0.5) -> float:
+    f = net.forward(X)
+    f_p = principal_net(net, M, threshold).forward(X)
+    den = np.mean(np.abs(f))
+    return float(np.mean(np.abs(f - f_p)) / den) if den > 0 else 0.0
+
+
+def purification(W_clean, W_adv, M=None, threshold=0.5):
+    """Per-neuron C4 split w_i = beta_i w'_i + v_i: arrays beta, v_norm, proj_norm, purified
+    (|beta_i w'_i| > |v_i|) and, given M, dense_share_of_v."""
+    W = np.asarray(W_clean, np.float64)
+    Wa = np.asarray(W_adv, np.float64)
+    na2 = np.sum(Wa * Wa, axis=1)
+    beta = np.where(na2 > 0, np.sum(W * Wa, axis=1) / np.where(na2 > 0, na2, 1.0), 0.0)
+    V = W - beta[:, None] * Wa
+    proj = np.abs(beta) * np.sqrt(na2)
+    vn = np.linalg.norm(V, axis=1)
+    out = {"beta": beta, "v_norm": vn, "proj_norm": proj, "purified": proj > vn}
+    if M is not None:
+        P = principal_mask(coefficients(Wa, M), threshold)
+        Cv = coefficients(V, M)
+        tot = np.sum(Cv ** 2, axis=1)
+        out["dense_share_of_v"] = np.where(tot > 0, np.sum(np.where(P, 0.0, Cv) ** 2, axis=1) / np.where(tot > 0, tot, 1), 0.0)
+    return out
+
+
+def init_correlation(W, W0):
+    """|cos(w_i, w_i^0)| per neuron."""
+    return np.abs(_row_cos(np.asarray(W, np.float64), np.asarray(W0, np.float64)))
+
+
+def summarize_dense(net: TwoLayerNet, M, wstar, X, threshold=0.5, learned_fraction=0.1) -> dict:
+    """C2 summary over the learned neurons."""
+    keep = learned(net.W, learned_fraction)
+    d = dense_measures(net.W, M, wstar, threshold)
+    return {"learned_neurons": int(keep.sum()),
+            "dense_ratio_mean": float(np.mean(d["dense_ratio"][keep])),
+            "dense_cos_mean": float(np.mean(d["dense_cos"][keep])),
+            "dense_output_share": dense_output_share(net, M, X, threshold),
+            "distinct_principal_atoms": int(len(np.unique(d["principal_atom"][keep])))}
+
+
+def summarize_purification(W_clean, W_adv, W_init, M, threshold=0.5, learned_fraction=0.1) -> dict:
+    """C4 summary over the neurons learned in the clean network."""
+    keep = learned(W_clean, learned_fraction)
+    p = purification(W_clean, W_adv, M, threshold)
+    return {"purified_share": float(np.mean(p["purified"][keep])),
+            "v_dense_share_mean": float(np.mean(p["dense_share_of_v"][keep])),
+            "beta_median": float(np.median(p["beta"][keep])),
+            "init_corr_clean": float(np.mean(init_correlation(W_clean, W_init)[keep])),
+            "init_corr_adv": float(np.mean(init_correlation(W_adv, W_init)[keep]))}
