@@ -44,6 +44,38 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_verify(args) -> int:
+    from .report import claims_table
+    from .verify import VerifyConfig, quick_config, run_verify
+
+    vc = quick_config() if args.quick else VerifyConfig()
+    if args.config:
+        vc = VerifyConfig.from_dict({**vc.to_dict(), **json.loads(Path(args.config).read_text())})
+    if args.set:
+        d = vc.to_dict()
+        for text in args.set:
+            path, value = parse_assignment(text)
+            node = d
+            for key in path[:-1]:
+                if key not in node or not isinstance(node[key], dict):
+                    raise ConfigError(f"--set {text!r}: unknown section {key!r}")
+                node = node[key]
+            if path[-1] not in node:
+                raise ConfigError(f"--set {text!r}: unknown parameter {'.'.join(path)!r}")
+            node[path[-1]] = value
+        vc = VerifyConfig.from_dict(d)
+    out = Path(args.out)
+    doc = run_verify(vc, out, quiet=args.quiet)
+    if args.json:
+        from .rundir import atomic_write_json
+
+        atomic_write_json(Path(args.json), doc)
+    print(claims_table(doc["claims"]))
+    holds = sum(c["holds"] for c in doc["claims"])
+    print(f"\n{holds} of {len(doc['claims'])} claims hold; {doc['timings']['total']:.0f} s; report: {out / 'report.md'}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +86,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/train", help="run directory (default runs/train)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+    v = sub.add_parser("verify", help="the main job: train, attack, adversarially train, measure; claims table")
+    v.add_argument("--quick", action="store_true", help="a small version (d=64), under a minute")
+    v.add_argument("--config", help="JSON file overriding VerifyConfig fields (sim/verify.py)")
+    v.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field, e.g. --set tau_l2=0.2 or --set run.data.d=512 (repeatable)")
+    v.add_argument("--out", default="runs/verify", help="output directory (default runs/verify)")
+    v.add_argument("--json", help="also write verify.json to this path")
+    v.add_argument("--quiet", action="store_true", help="no progress bars")
+    v.set_defaults(func=_cmd_verify)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
