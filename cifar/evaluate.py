@@ -1,0 +1,181 @@
+"""Evaluation: clean accuracy, PGD robust accuracy, an AutoAttack-style ensemble of our own
+(APGD-CE, then APGD-DLR targeted, then Square, each on the points that survived), and
+gradient-masking checks.  Every adversarial point is re-checked: inside the ball, inside
+[0, 1], and misclassified on a fresh forward pass, before it counts.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from cifar.attacks import EPS_LIMITS, apgd, apgd_targeted, check_threat, perturbation_norms, pgd, square
+from cifar.augment import to_float
+
+
+@dataclass
+class EnsembleConfig:
+    n: int = 1000
+    apgd_steps: int = 100
+    n_targets: int = 9
+    square_queries: int = 5000
+    seed: int = 0
+
+
+@dataclass
+class MaskingConfig:
+    n: int = 200
+    pgd_steps: int = 20
+    square_queries: int = 1000
+    radii: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    zero_grad_tol: float = 1e-12
+    zero_grad_share: float = 0.01
+    large_radius_acc: float = 0.1
+    seed: int = 0
+
+
+@contextmanager
+def eval_mode(model):
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+def _batches(n: int, bs: int):
+    for i in range(0, n, bs):
+        yield slice(i, min(i + bs, n))
+
+
+def predict(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes for float images x."""
+    with eval_mode(model), torch.no_grad():
+        return torch.cat([model(x[s]).argmax(1) for s in _batches(len(x), batch_size)])
+
+
+def clean_accuracy(model, x_u8: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    with eval_mode(model), torch.no_grad():
+        correct = sum((model(to_float(x_u8[s])).argmax(1) == y[s]).sum().item() for s in _batches(len(y), batch_size))
+    return correct / max(len(y), 1)
+
+
+def check_adversarial(x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: float, name: str = "attack") -> None:
+    """Raise if an attack left the threat model (a bug, never a result)."""
+    d = perturbation_norms(x_adv, x, norm).max().item() if len(x) else 0.0
+    if d > eps * (1 + 1e-4) + 1e-6:
+        raise RuntimeError(f"{name}: perturbation of {norm} norm {d:.6g} exceeds eps={eps:.6g}")
+    if len(x) and (x_adv.min() < 0 or x_adv.max() > 1):
+        raise RuntimeError(f"{name}: adversarial image outside [0, 1]")
+
+
+def robust_mask(model, attack, x_u8: torch.Tensor, y: torch.Tensor, norm: str, eps: float, batch_size: int, name: str) -> torch.Tensor:
+    """Per-point bool: correctly classified before and after ``attack(model, x, y)``."""
+    out = []
+    with eval_mode(model):
+        for s in _batches(len(y), batch_size):
+            x, yy = to_float(x_u8[s]), y[s]
+            ok = predict(model, x) == yy
+            idx = ok.nonzero().squeeze(1)
+            if idx.numel():
+                xa = attack(model, x[idx], yy[idx])
+                check_adversarial(xa, x[idx], norm, eps, name)
+                ok[idx] = predict(model, xa) == yy[idx]
+            out.append(ok)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def pgd_accuracy(model, x_u8, y, norm: str, eps: float, steps: int = 50, restarts: int = 1, batch_size: int = 1000, seed: int = 0) -> float:
+    """Robust accuracy under PGD-``steps`` with ``restarts`` random restarts."""
+    check_threat(norm, eps)
+    attack = lambda m, x, yy: pgd(m, x, yy, norm, eps, steps, restarts=restarts, seed=seed)  # noqa: E731
+    return robust_mask(model, attack, x_u8, y, norm, eps, batch_size, f"pgd-{steps}").float().mean().item()
+
+
+def ensemble_attack(model, x_u8, y, norm: str, eps: float, cfg: EnsembleConfig, batch_size: int = 1000) -> dict:
+    """AutoAttack-style: APGD-CE, APGD-T (DLR), Square in turn, each on the survivors.
+    Returns clean and robust accuracy, the accuracy after each attack and who broke what."""
+    check_threat(norm, eps)
+    x_u8, y = x_u8[: cfg.n], y[: cfg.n]
+    attacks = [
+        ("apgd-ce", lambda m, x, yy: apgd(m, x, yy, norm, eps, cfg.apgd_steps, "ce", seed=cfg.seed)),
+        ("apgd-t", lambda m, x, yy: apgd_targeted(m, x, yy, norm, eps, cfg.apgd_steps, cfg.n_targets, seed=cfg.seed)),
+        ("square", lambda m, x, yy: square(m, x, yy, norm, eps, cfg.square_queries, seed=cfg.seed)),
+    ]
+    n = len(y)
+    robust = torch.zeros(n, dtype=torch.bool, device=y.device)
+    with eval_mode(model):
+        for s in _batches(n, batch_size):
+            robust[s] = predict(model, to_float(x_u8[s])) == y[s]
+    result = {"n": n, "norm": norm, "eps": eps, "clean_acc": robust.float().mean().item(), "after": {}, "broken_by": {}}
+    for name, attack in attacks:
+        idx = robust.nonzero().squeeze(1)
+        if idx.numel():
+            still = robust_mask(model, attack, x_u8[idx], y[idx], norm, eps, batch_size, name)
+            result["broken_by"][name] = int((~still).sum().item())
+            robust[idx] = still
+        else:
+            result["broken_by"][name] = 0
+        result["after"][name] = robust.float().mean().item()
+    result["robust_acc"] = robust.float().mean().item()
+    return result
+
+
+def zero_gradient_share(model, x_u8, y, tol: float = 1e-12, batch_size: int = 1000) -> float:
+    """Share of points whose input gradient of the cross-entropy has l2 norm <= tol."""
+    from cifar.attacks import _loss_fn, loss_and_grad
+
+    zeros = 0
+    with eval_mode(model):
+        for s in _batches(len(y), batch_size):
+            g, _, _ = loss_and_grad(model, to_float(x_u8[s]), y[s], _loss_fn("ce"))
+            zeros += (g.flatten(1).norm(dim=1) <= tol).sum().item()
+    return zeros / max(len(y), 1)
+
+
+def masking_checks(model, x_u8, y, norm: str, eps: float, cfg: MaskingConfig, batch_size: int = 1000) -> dict:
+    """Signs of gradient masking (Athalye et al. 2018; Carlini et al. 2019):
+    black-box Square beating white-box PGD, zero input gradients, robust accuracy that does
+    not fall as the radius grows or stays high at a huge radius."""
+    check_threat(norm, eps)
+    x_u8, y = x_u8[: cfg.n], y[: cfg.n]
+    n = len(y)
+    tol = max(0.02, 2.0 / max(n, 1))
+    pgd_attack = lambda m, x, yy: pgd(m, x, yy, norm, eps, cfg.pgd_steps, seed=cfg.seed)  # noqa: E731
+    sq_attack = lambda m, x, yy: square(m, x, yy, norm, eps, cfg.square_queries, seed=cfg.seed)  # noqa: E731
+    white = robust_mask(model, pgd_attack, x_u8, y, norm, eps, batch_size, "pgd")
+    black = robust_mask(model, sq_attack, x_u8, y, norm, eps, batch_size, "square")
+    zero_share = zero_gradient_share(model, x_u8, y, cfg.zero_grad_tol, batch_size)
+    curve = [{"radius": 0.0, "acc": clean_accuracy(model, x_u8, y, batch_size)}]
+    for r in cfg.radii:
+        e = min(r * eps, EPS_LIMITS[norm])
+        curve.append({"radius": e, "acc": pgd_accuracy(model, x_u8, y, norm, e, cfg.pgd_steps, 1, batch_size, cfg.seed)})
+    accs = [c["acc"] for c in curve]
+    flags = {
+        "blackbox_beats_whitebox": black.float().mean().item() < white.float().mean().item() - tol,
+        "zero_gradients": zero_share > cfg.zero_grad_share,
+        "accuracy_rises_with_radius": any(b > a + tol for a, b in zip(accs, accs[1:])),
+        "large_radius_not_broken": accs[-1] > cfg.large_radius_acc,
+    }
+    return {
+        "n": n,
+        "tolerance": tol,
+        "whitebox_pgd_acc": white.float().mean().item(),
+        "blackbox_square_acc": black.float().mean().item(),
+        "broken_only_by_square": int((white & ~black).sum().item()),
+        "zero_gradient_share": zero_share,
+        "radius_curve": curve,
+        "flags": flags,
+        "suspicious": any(flags.values()),
+    }
+
+
+def threat_key(norm: str, eps: float) -> str:
+    """'linf 8/255' style label (eps shown as k/255 when it is one)."""
+    if norm == "linf" and math.isclose(eps * 255, round(eps * 255), abs_tol=1e-6):
+        return f"linf {round(eps * 255)}/255"
+    return f"{norm} {eps:g}"
