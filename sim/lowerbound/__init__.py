@@ -1,0 +1,18 @@
+"""Claim C5, the complexity lower bound: linear classifiers, low-degree polynomials and the
+neural tangent kernel of the network, trained clean and adversarially on the network's
+data and attacked at the network's radius.
+
+    lower_bound_table(problem, train, test, tau, norm, *, scale, seed, n_eval, quiet) -> rows
+    format_table(rows) -> str
+
+Every model exposes forward(X) -> f and output_gradient(X) -> (df/dx, f), so sim.attacks
+works on it. `python -m sim.lowerbound --help` prints the table for a data config.
+"""
+from .linear import LinearModel, fit_logistic, fit_robust_logistic
+from .ntk import NTKModel, SmoothedNTK, activation_probability, ntk_infinite
+from .polynomial import PolynomialModel, kappa_coefficients
+from .table import Budget, OraclePolynomial, format_table, lower_bound_table
+
+__all__ = ["LinearModel", "fit_logistic", "fit_robust_logistic", "NTKModel", "SmoothedNTK", "activation_probability",
+           "ntk_infinite", "PolynomialModel", "kappa_coefficients", "Budget", "OraclePolynomial", "format_table",
+           "lower_bound_table"]
