@@ -111,6 +111,14 @@ def write_report(doc, clean, out: Path):
             if "certified_acc" in r:
                 rob = f"[{r['certified_acc']:.3f}, {r['robust_acc']:.3f}]"
             lines.append(f"| {name} | {r['clean_acc']:.3f} | {rob} | {per} |")
+        if "lower_bound" in tm:
+            lines += ["", f"Low-complexity models (C5) at {norm} tau = {tm['tau']:g}:", "",
+                      "| model | training | n_train | clean acc | robust acc | kind |", "| --- | --- | --- | --- | --- | --- |"]
+            for r in tm["lower_bound"]:
+                lines.append(f"| {r['model']} | {r['training']} | {r['n_train'] or '-'} | {r['clean_acc']:.3f} | "
+                             f"{r['robust_acc']:.3f} | {r['robust_kind']} |")
+            lines.append(f"| network | {doc['config']['adv_kind']} adversarial | - | {tm['adv_net']['clean_acc']:.3f} | "
+                         f"{tm['adv_net']['robust_acc']:.3f} | attacked |")
         lines += ["", f"Gradient-masking check: clean net: {tm['clean_net']['masking_note']}; "
                       f"adversarial net: {tm['adv_net']['masking_note']}.", "",
                   "Purification: " + ", ".join(f"{k} {_fmt(v)}" for k, v in tm["purification"].items()), "",

@@ -36,6 +36,10 @@ class VerifyConfig(_Frozen):
     draws fresh samples each step). n_eval: test points attacked. pgd_steps x
     pgd_restarts: the PGD of the robust evaluation. radii: multiples of tau for the
     robust-accuracy-against-radius figure. principal_threshold: see sim.measures.
+    lower_bound: run the C5 models (sim.lowerbound) at budget lower_bound_scale.
+    adv_beta: if set (relative bias only), the bias factor grows linearly from the clean
+    network's beta to adv_beta over the first adv_beta_ramp adversarial steps (the
+    'schedule' bias mode); None keeps the clean network's bias.
     """
 
     run: RunConfig = field(default_factory=lambda: RunConfig(
@@ -49,12 +53,16 @@ class VerifyConfig(_Frozen):
     adv_mode: str = "online"
     adv_batch: int = 6000
     adv_measure_every: int = 50
+    adv_beta: float | None = None
+    adv_beta_ramp: int = 100
     control_steps: int | None = None
     n_eval: int = 1000
     pgd_steps: int = 50
     pgd_restarts: int = 5
     radii: tuple = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
     principal_threshold: float = 0.5
+    lower_bound: bool = True
+    lower_bound_scale: float = 1.0
 
     def __post_init__(self):
         if not isinstance(self.run, RunConfig):
@@ -71,12 +79,19 @@ class VerifyConfig(_Frozen):
         _check_choice("adv_mode", self.adv_mode, ("full_batch", "online"))
         _check_int("adv_batch", self.adv_batch, lo=1)
         _check_int("adv_measure_every", self.adv_measure_every, lo=1)
+        if self.adv_beta is not None:
+            _check_real("adv_beta", self.adv_beta, lo=0)
+            if self.run.model.bias not in ("relative", "schedule"):
+                raise ConfigError(f"adv_beta={self.adv_beta!r} is invalid with run.model.bias="
+                                  f"{self.run.model.bias!r}: allowed only with 'relative' or 'schedule' biases")
+        _check_int("adv_beta_ramp", self.adv_beta_ramp, lo=1)
         if self.control_steps is not None:
             _check_int("control_steps", self.control_steps, lo=1)
         _check_int("n_eval", self.n_eval, lo=1, hi=self.run.data.n_test)
         _check_int("pgd_steps", self.pgd_steps, lo=1)
         _check_int("pgd_restarts", self.pgd_restarts, lo=1)
         _check_real("principal_threshold", self.principal_threshold, lo=0, hi=1, lo_open=True)
+        _check_real("lower_bound_scale", self.lower_bound_scale, lo=0, lo_open=True)
         object.__setattr__(self, "radii", tuple(self.radii))
 
     def tau(self, norm: str) -> float:
@@ -89,7 +104,7 @@ def quick_config() -> VerifyConfig:
         run=RunConfig(DataConfig(d=64, k=2.0, n_train=2000, n_test=1000), ModelConfig(init_scale=1e-4),
                       TrainConfig(lr=1.0, steps=150, snapshots=(0,))),
         tau_l2=0.3, tau_linf=0.03, adv_steps=100, adv_batch=2000, adv_measure_every=25, n_eval=300,
-        pgd_steps=20, pgd_restarts=2, radii=(0.5, 1.0, 1.5))
+        pgd_steps=20, pgd_restarts=2, radii=(0.5, 1.0, 1.5), lower_bound_scale=0.1)
 
 
 _NESTED[("VerifyConfig", "run")] = RunConfig  # so VerifyConfig.from_dict builds the nested RunConfig
@@ -128,6 +143,9 @@ def adversarial_training(clean: CleanRun, vc: VerifyConfig, norm: str, kind: str
     p, te = clean.problem, clean.test
     tau = vc.tau(norm)
     net = clean.net.copy()
+    if vc.adv_beta is not None:
+        net.model = net.model.replace(bias="schedule", beta=net.beta, beta_end=vc.adv_beta,
+                                      ramp_steps=vc.adv_beta_ramp)
     tcfg = TrainConfig(lr=vc.adv_lr, steps=steps, mode=vc.adv_mode, batch_size=vc.adv_batch,
                        dtype=clean.cfg.train.dtype, eval_every=max(1, steps // 10))
     trace = []
@@ -203,10 +221,19 @@ def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False) -> dict:
         tm["curve_clean"] = robust_curve(clean.net, clean, vc, norm)
         tm["curve_adv"] = robust_curve(adv, clean, vc, norm)
         timings[f"threat_{norm}"] = time.perf_counter() - t1
+        if vc.lower_bound:
+            from .lowerbound import lower_bound_table
+
+            t2 = time.perf_counter()
+            tm["lower_bound"] = lower_bound_table(p, clean.train, te, tau, norm, scale=vc.lower_bound_scale,
+                                                  n_eval=vc.n_eval, model_cfg=vc.run.model, quiet=quiet)
+            timings[f"lower_bound_{norm}"] = time.perf_counter() - t2
         results["threat_models"][norm] = tm
         np.savez(out / f"weights_{norm}.npz", W_init=clean.W_init, W_clean=clean.net.W, W_adv=adv.W,
                  W_control=control.W)
         claims += threat_claims(norm, tau, tm, results["clean"]["dense"], vc)
+        if vc.lower_bound:
+            claims += lower_bound_claims(norm, tau, tm)
     timings["total"] = time.perf_counter() - t0
     doc = {"claims": [c.to_dict() for c in claims], "config": vc.to_dict(), "versions": versions(),
            "results": results, "timings": timings}
@@ -243,3 +270,27 @@ def threat_claims(norm, tau, tm, clean_dense, vc) -> list[Claim]:
         Claim(f"control-{norm}", "random-noise training at the same radius: robust accuracy (must stay low)",
               r["robust_acc"], "<= 0.50 [ours]", r["robust_acc"] <= 0.50),
     ]
+
+
+def lower_bound_claims(norm, tau, tm) -> list[Claim]:
+    """C5: trained low-complexity models fail at the radius where the network holds.
+
+    The hand-built ('oracle') cubic is judged on its own: it is a degree-3 polynomial made
+    from M and w*, not trained, and tells whether the class itself can be robust here.
+    """
+    rows = tm["lower_bound"]
+    trained = [r for r in rows if r["training"] != "oracle"]
+    linear = [r["robust_acc"] for r in trained if r["model"] == "linear"]
+    other = [r["robust_acc"] for r in trained if r["model"] != "linear"]
+    net = tm["adv_net"]["robust_acc"]
+    worst = max(linear + other)
+    holds = max(linear, default=0) <= 0.10 and max(other, default=0) <= 0.20 and net >= 0.90
+    out = [Claim(f"C5-{norm}", f"best robust accuracy at {norm} tau={tau:g} of linear (exact), polynomial and NTK models"
+                 f" (clean/adversarial, N and 10N); holds if linear <= 0.10, others <= 0.20 and the network >= 0.90"
+                 f" (network: {net:.3f})", worst, "<= 0.10 linear, <= 0.20 others", holds)]
+    for r in rows:
+        if r["training"] == "oracle":
+            out.append(Claim(f"C5-oracle-{r['model']}-{norm}", f"hand-built (not trained) {r['model']} from M and w*:"
+                             " robust accuracy; the class bound says <= 0.20", r["robust_acc"], "<= 0.20",
+                             r["robust_acc"] <= 0.20))
+    return out

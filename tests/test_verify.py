@@ -11,7 +11,7 @@ from sim.verify import VerifyConfig, run_verify
 TINY = VerifyConfig(run=RunConfig(DataConfig(d=32, k=2.0, n_train=800, n_test=400), ModelConfig(init_scale=1e-3),
                                   TrainConfig(lr=1.0, steps=80)),
                     tau_l2=0.3, tau_linf=0.05, adv_steps=40, adv_batch=800, adv_measure_every=20, n_eval=200,
-                    pgd_steps=10, pgd_restarts=2, radii=(0.5, 1.0))
+                    pgd_steps=10, pgd_restarts=2, radii=(0.5, 1.0), lower_bound_scale=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,7 @@ def test_verify_writes_json_report_and_figures(tiny_doc):
         assert set(c) == {"id", "description", "value", "threshold", "holds"}
     ids = [c["id"] for c in on_disk["claims"]]
     assert "C1-clean" in ids and "C3-robust-l2" in ids and "C3-robust-linf" in ids
+    assert "C5-l2" in ids and "C5-linf" in ids
     assert VerifyConfig.from_dict(on_disk["config"]) == TINY
     report = (out / "report.md").read_text()
     assert "| id |" in report and "C3-robust-l2" in report
@@ -42,6 +43,10 @@ def test_claims_follow_their_numbers(tiny_doc):
     assert by_id["C3-robust-l2"]["value"] == tm["adv_net"]["robust_acc"]
     assert by_id["C3-robust-l2"]["holds"] == (tm["adv_net"]["robust_acc"] >= 0.90)
     assert by_id["C1-robust-l2"]["holds"] == (tm["clean_net"]["robust_acc"] <= 0.10)
+    trained = [r["robust_acc"] for r in tm["lower_bound"] if r["training"] != "oracle"]
+    assert by_id["C5-l2"]["value"] == max(trained)
+    if tm["adv_net"]["robust_acc"] < 0.90:
+        assert not by_id["C5-l2"]["holds"]
     for net in ("clean_net", "adv_net", "random_control_net"):
         r = tm[net]
         assert r["robust_acc"] <= r["clean_acc"]
