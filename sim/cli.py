@@ -65,6 +65,14 @@ def _cmd_verify(args) -> int:
             node[path[-1]] = value
         vc = VerifyConfig.from_dict(d)
     out = Path(args.out)
+    if args.scaling:
+        from .scaling import ScalingConfig, run_scaling
+
+        sc = ScalingConfig(ds=(32, 64, 128), n_eval=200) if args.quick else ScalingConfig()
+        doc = run_scaling(vc, sc, out / "scaling", quiet=args.quiet)
+        print(claims_table(doc["claims"]))
+        print(f"\nscaling: {doc['seconds']:.0f} s; report: {out / 'scaling' / 'scaling.md'}")
+        return 0
     doc = run_verify(vc, out, quiet=args.quiet)
     if args.json:
         from .rundir import atomic_write_json
@@ -88,6 +96,8 @@ def main(argv=None) -> int:
     p.set_defaults(func=_cmd_train)
     v = sub.add_parser("verify", help="the main job: train, attack, adversarially train, measure; claims table")
     v.add_argument("--quick", action="store_true", help="a small version (d=64), under a minute")
+    v.add_argument("--scaling", action="store_true",
+                   help="claim C6: the window of radii over several d (k fixed and k = d^c)")
     v.add_argument("--config", help="JSON file overriding VerifyConfig fields (sim/verify.py)")
     v.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field, e.g. --set tau_l2=0.2 or --set run.data.d=512 (repeatable)")

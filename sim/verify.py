@@ -46,14 +46,14 @@ class VerifyConfig(_Frozen):
         DataConfig(), ModelConfig(init_scale=4e-5), TrainConfig(lr=1.0, steps=300, snapshots=(0,))))
     norms: tuple = ("l2", "linf")
     tau_l2: float = 0.25
-    tau_linf: float = 0.01
+    tau_linf: float = 0.02
     adv_kind: str = "fgm"
-    adv_lr: float = 1.0
+    adv_lr: float = 0.5
     adv_steps: int = 300
     adv_mode: str = "online"
     adv_batch: int = 6000
     adv_measure_every: int = 50
-    adv_beta: float | None = None
+    adv_beta: float | None = 0.2
     adv_beta_ramp: int = 100
     control_steps: int | None = None
     n_eval: int = 1000
@@ -103,7 +103,7 @@ def quick_config() -> VerifyConfig:
     return VerifyConfig(
         run=RunConfig(DataConfig(d=64, k=2.0, n_train=2000, n_test=1000), ModelConfig(init_scale=1e-4),
                       TrainConfig(lr=1.0, steps=150, snapshots=(0,))),
-        tau_l2=0.3, tau_linf=0.03, adv_steps=100, adv_batch=2000, adv_measure_every=25, n_eval=300,
+        tau_l2=0.3, tau_linf=0.04, adv_steps=100, adv_batch=2000, adv_measure_every=25, n_eval=300,
         pgd_steps=20, pgd_restarts=2, radii=(0.5, 1.0, 1.5), lower_bound_scale=0.1)
 
 
