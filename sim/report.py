@@ -102,7 +102,7 @@ def write_report(doc, clean, out: Path):
     lines += [f"{holds} of {len(doc['claims'])} claims hold.", ""]
     for norm, tm in doc["results"]["threat_models"].items():
         lines += [f"## {norm}, tau = {tm['tau']:g}", "",
-                  "| network | clean acc | robust acc (best attack) | per attack |", "| --- | --- | --- | --- |"]
+                  "| network | clean acc | robust acc [certified, best attack] | per attack |", "| --- | --- | --- | --- |"]
         for key, name in (("clean_net", "clean training"), ("adv_net", "adversarial training"),
                           ("random_control_net", "random-noise control")):
             r = tm[key]
@@ -119,6 +119,15 @@ def write_report(doc, clean, out: Path):
                              f"{r['robust_acc']:.3f} | {r['robust_kind']} |")
             lines.append(f"| network | {doc['config']['adv_kind']} adversarial | - | {tm['adv_net']['clean_acc']:.3f} | "
                          f"{tm['adv_net']['robust_acc']:.3f} | attacked |")
+        for key, name in (("clean_net", "clean"), ("adv_net", "adversarially trained")):
+            r = tm[key]
+            if "certified_acc" in r:
+                line = (f"Certificate, {name} network: [certified, attacked] = [{r['certified_acc']:.3f}, "
+                        f"{r['robust_acc']:.3f}] in {r['certify_seconds']:.1f} s")
+                if r["gap"] > 0.10:
+                    diag = r.get("gap_diagnosis", {})
+                    line += f"; gap {100 * r['gap']:.1f} points > 10: {diag.get('verdict', 'exact verifier not run')}"
+                lines += ["", line + "."]
         lines += ["", f"Gradient-masking check: clean net: {tm['clean_net']['masking_note']}; "
                       f"adversarial net: {tm['adv_net']['masking_note']}.", "",
                   "Purification: " + ", ".join(f"{k} {_fmt(v)}" for k, v in tm["purification"].items()), "",

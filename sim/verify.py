@@ -40,6 +40,9 @@ class VerifyConfig(_Frozen):
     adv_beta: if set (relative bias only), the bias factor grows linearly from the clean
     network's beta to adv_beta over the first adv_beta_ramp adversarial steps (the
     'schedule' bias mode); None keeps the clean network's bias.
+    certify: sound lower bounds (sim.certify) next to every attacked robust accuracy;
+    where they differ by more than 10 points the exact verifier (sim.exact) examines up to
+    exact_samples gap points, exact_time_limit seconds each.
     """
 
     run: RunConfig = field(default_factory=lambda: RunConfig(
@@ -63,6 +66,9 @@ class VerifyConfig(_Frozen):
     principal_threshold: float = 0.5
     lower_bound: bool = True
     lower_bound_scale: float = 1.0
+    certify: bool = True
+    exact_samples: int = 5
+    exact_time_limit: float = 10.0
 
     def __post_init__(self):
         if not isinstance(self.run, RunConfig):
@@ -92,6 +98,8 @@ class VerifyConfig(_Frozen):
         _check_int("pgd_restarts", self.pgd_restarts, lo=1)
         _check_real("principal_threshold", self.principal_threshold, lo=0, hi=1, lo_open=True)
         _check_real("lower_bound_scale", self.lower_bound_scale, lo=0, lo_open=True)
+        _check_int("exact_samples", self.exact_samples, lo=0)
+        _check_real("exact_time_limit", self.exact_time_limit, lo=0, lo_open=True)
         object.__setattr__(self, "radii", tuple(self.radii))
 
     def tau(self, norm: str) -> float:
@@ -131,6 +139,25 @@ def _robust(model, X, y, tau, norm, direction, vc: VerifyConfig, seed=0):
 def _report_dict(rep: attacks.RobustReport) -> dict:
     return {"clean_acc": rep.clean_accuracy, "robust_acc": rep.robust_accuracy, "per_attack": rep.per_attack,
             "masking_flag": rep.masking_flag, "masking_note": rep.masking_note}
+
+
+def _certify_into(entry: dict, net, X, y, tau, norm, rep, vc: VerifyConfig) -> None:
+    """Add certified_acc, the certificate's time and, for a gap > 10 points, the exact
+    verifier's diagnosis (bound loose or attack weak) to a robust-accuracy entry."""
+    from .certify import certify, certify_gap_diagnosis
+
+    cert = certify(net, X, y, tau, norm, focus=~rep.broken)
+    entry["certified_acc"] = cert.certified_accuracy
+    entry["certify_seconds"] = cert.seconds
+    entry["certified_but_attacked"] = int(np.sum(cert.certified & rep.broken))
+    gap = rep.robust_accuracy - cert.certified_accuracy
+    entry["gap"] = gap
+    if gap > 0.10 and vc.exact_samples > 0:
+        t = time.perf_counter()
+        diag = certify_gap_diagnosis(net, X, y, tau, norm, rep.broken, n_exact=vc.exact_samples, cert=cert,
+                                     time_limit=vc.exact_time_limit)
+        entry["gap_diagnosis"] = {k: v for k, v in diag.items() if isinstance(v, (int, float, str, bool))}
+        entry["exact_seconds"] = time.perf_counter() - t
 
 
 def adversarial_training(clean: CleanRun, vc: VerifyConfig, norm: str, kind: str, steps: int,
@@ -215,6 +242,11 @@ def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False) -> dict:
                                              track=False)
         rep_ctrl = _robust(control, Xe, ye, tau, norm, p.bayes_direction, vc, seed=2)
         tm["random_control_net"] = _report_dict(rep_ctrl)
+        if vc.certify and clean.net.model.activation == "relu":
+            t2 = time.perf_counter()
+            _certify_into(tm["clean_net"], clean.net, Xe, ye, tau, norm, rep_clean, vc)
+            _certify_into(tm["adv_net"], adv, Xe, ye, tau, norm, rep_adv, vc)
+            timings[f"certify_{norm}"] = time.perf_counter() - t2
         tm["adv_dense"] = measures.summarize_dense(adv, p.M, p.wstar, Xe, vc.principal_threshold)
         tm["purification"] = measures.summarize_purification(clean.net.W, adv.W, clean.W_init, p.M,
                                                              vc.principal_threshold)
@@ -256,6 +288,9 @@ def threat_claims(norm, tau, tm, clean_dense, vc) -> list[Claim]:
               "<= 0.10", c["robust_acc"] <= 0.10),
         Claim(f"C3-robust-{norm}", f"{vc.adv_kind.upper()}-trained network: robust accuracy at {tag} ({attack_set})",
               a["robust_acc"], ">= 0.90", a["robust_acc"] >= 0.90),
+        *([Claim(f"C3-certified-{norm}", f"{vc.adv_kind.upper()}-trained network: certified robust accuracy at {tag}"
+                 " (sound lower bound: any perturbation in the ball)", a["certified_acc"], ">= 0.80",
+                 a["certified_acc"] >= 0.80)] if "certified_acc" in a else []),
         Claim(f"C3-clean-{norm}", f"{vc.adv_kind.upper()}-trained network: clean accuracy", a["clean_acc"], ">= 0.97",
               a["clean_acc"] >= 0.97),
         Claim(f"C3-masking-{norm}", "no gradient masking: non-gradient attacks break <= 1 % of points FGM and PGD miss"

@@ -47,6 +47,11 @@ def test_claims_follow_their_numbers(tiny_doc):
     assert by_id["C5-l2"]["value"] == max(trained)
     if tm["adv_net"]["robust_acc"] < 0.90:
         assert not by_id["C5-l2"]["holds"]
+    for net in ("clean_net", "adv_net"):
+        r = tm[net]
+        assert r["certified_acc"] <= r["robust_acc"]  # sound bound below the attack
+        assert r["certified_but_attacked"] == 0
+    assert by_id["C3-certified-l2"]["value"] == tm["adv_net"]["certified_acc"]
     for net in ("clean_net", "adv_net", "random_control_net"):
         r = tm[net]
         assert r["robust_acc"] <= r["clean_acc"]
