@@ -1,4 +1,4 @@
-"""Command line: `python -m sim train|verify ...`."""
+"""Command line: `python -m sim train|verify|sweep|plot ...`."""
 from __future__ import annotations
 
 import argparse
@@ -105,6 +105,9 @@ def main(argv=None) -> int:
     v.add_argument("--json", help="also write verify.json to this path")
     v.add_argument("--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=_cmd_verify)
+    from .sweep import add_sweep_commands
+
+    add_sweep_commands(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
