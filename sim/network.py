@@ -8,14 +8,92 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from . import kernels
-from .linalg import matmul
+from .linalg import gram, matmul
 from .config import ModelConfig, RunConfig
 from .data import STREAM_INIT, stream
 
 ACTIVATIONS = {"relu": kernels.RELU, "smooth_relu": kernels.SMOOTH_RELU}
+
+# The backward products G^T X and G W skip the zeros of G (silent neurons) when at most
+# this share of its entries is nonzero (half of it for short rows, d < 512); above it the
+# dense blocked BLAS product is faster (measured break-even: about 0.3 at d = 1024, 0.15 at
+# d = 256, on AVX-512 OpenBLAS).
+SPARSE_MAX_DENSITY = 0.2
+
+
+def _sparse(nnz: int, G: np.ndarray, d: int) -> bool:
+    return nnz <= (SPARSE_MAX_DENSITY if d >= 512 else SPARSE_MAX_DENSITY / 2) * G.size
+
+
+def product_tn(G: np.ndarray, X: np.ndarray, nnz: int) -> np.ndarray:
+    """G^T X (m x d), by the sparse kernel when G has at most SPARSE_MAX_DENSITY nonzeros.
+
+    Either way each entry is reduced in a fixed order, so the bits do not depend on the
+    thread count; the two ways differ by rounding only.
+    """
+    if not _sparse(nnz, G, X.shape[1]):
+        return matmul(G.T, X)
+    out = np.empty((G.shape[1], X.shape[1]), dtype=np.result_type(G, X))
+    # rows of out per task: its share of L2, at least two tasks per thread (the result does
+    # not depend on the tiling: each entry is summed over the samples in order)
+    m = G.shape[1]
+    per_thread = -(-m // (2 * numba.get_num_threads()))
+    tile = int(max(8, min(512, kernels.SPARSE_TILE_BYTES // max(1, X.shape[1] * X.itemsize), per_thread)))
+    return kernels.sparse_tn(G, X, out, tile, kernels.SPARSE_ROW_BLOCK)
+
+
+def product_nn(G: np.ndarray, B: np.ndarray, nnz: int) -> np.ndarray:
+    """G B (n x d), by the sparse kernel when G has at most SPARSE_MAX_DENSITY nonzeros."""
+    if not _sparse(nnz, G, B.shape[1]):
+        return matmul(G, B)
+    out = np.empty((G.shape[0], B.shape[1]), dtype=np.result_type(G, B))
+    tile = int(min(512, max(16, kernels.SPARSE_TILE_BYTES // max(1, B.shape[1] * B.itemsize))))
+    return kernels.sparse_nn(G, B, out, tile, kernels.SPARSE_NN_ROWS)
+
+
+def pgd_l2_margins(U0, A, b, act_args, dtype, y, tau, steps, restarts, step_size, rng, random_start, d,
+                   start_projections):
+    """attacks.pgd in l2 run on the pre-activations: the best margin y f per sample.
+
+    U0: clean pre-activations X W^T (n x m); A = W W^T; start_projections(delta) -> W delta
+    (n x m) for the random starts delta (n x d) drawn as attacks.pgd draws them. The
+    perturbation is kept as its projections P = W delta and its squared norm (see
+    kernels.pgd_update), so a step costs the nonlinear stage and a sparse product with A,
+    not two products with W. Same schedule, starts and restarts as attacks.pgd.
+    """
+    from .attacks import random_in_ball
+
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"steps={steps}, restarts={restarts} are invalid: allowed integers >= 1")
+    if not (np.isfinite(tau) and tau >= 0):
+        raise ValueError(f"tau={tau!r} is invalid: allowed values in [0, inf)")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    y = np.asarray(y, np.float64)
+    n = len(U0)
+    alpha0 = (step_size if step_size is not None else 2.5 / steps) * tau
+    best = y * kernels.outputs_from_preacts(U0, b, *act_args)
+    for r in range(restarts):
+        if random_start and (r > 0 or restarts == 1):
+            delta = random_in_ball(rng, (n, d), "l2", tau)
+            nsq = np.einsum("ij,ij->i", delta, delta)
+            P = np.ascontiguousarray(start_projections(delta), dtype=np.float64)
+            del delta
+        else:
+            P = np.zeros(U0.shape)
+            nsq = np.zeros(n)
+        for t in range(steps):
+            alpha = alpha0 * (0.5 if t >= steps // 2 else 1.0) * (0.5 if t >= (3 * steps) // 4 else 1.0)
+            Gp = (U0 + P).astype(dtype)
+            f, _ = kernels.output_grad_stage_nnz(Gp, b, *act_args)
+            best = np.minimum(best, y * f)
+            kernels.pgd_update(Gp, A, P, nsq, y, float(alpha), float(tau))
+        f = kernels.outputs_from_preacts((U0 + P).astype(dtype), b, *act_args)
+        best = np.minimum(best, y * f)
+    return best
 
 
 @dataclass
@@ -92,9 +170,9 @@ class TwoLayerNet:
             want_bias = self.model.bias == "trained"
         X = np.asarray(X, dtype=self.W.dtype)
         U = self.preactivations(X)
-        f, loss, _, gb = kernels.backward_stage(U, np.asarray(y, np.float64), self.bias(),
-                                                *self._act_args(), 1.0 / len(X), want_bias)
-        grad_W = matmul(U.T, X)  # U now holds G = (1/n) dl/df * dg/du
+        f, loss, _, gb, nnz = kernels.backward_stage_nnz(U, np.asarray(y, np.float64), self.bias(),
+                                                         *self._act_args(), 1.0 / len(X), want_bias)
+        grad_W = product_tn(U, X, nnz)  # U now holds G = (1/n) dl/df * dg/du
         return float(np.sum(loss) / len(X)), grad_W, gb, f
 
     def input_gradient(self, X: np.ndarray, y: np.ndarray):
@@ -104,13 +182,59 @@ class TwoLayerNet:
         """
         X = np.asarray(X, dtype=self.W.dtype)
         U = self.preactivations(X)
-        f, loss, _, _ = kernels.backward_stage(U, np.asarray(y, np.float64), self.bias(),
-                                               *self._act_args(), 1.0, False)
-        return matmul(U, self.W), loss, f
+        f, loss, _, _, nnz = kernels.backward_stage_nnz(U, np.asarray(y, np.float64), self.bias(),
+                                                        *self._act_args(), 1.0, False)
+        return product_nn(U, self.W, nnz), loss, f
+
+    def fgm_loss_and_grad(self, X: np.ndarray, y: np.ndarray, tau: float, want_bias: bool | None = None):
+        """The loss and gradient at the l2 FGM points of radius tau, in one pass.
+
+        Equals, up to rounding, `self.loss_and_grad(attacks.fgm(self, X, y, tau, "l2").x_adv, y)`
+        (the step of FGM adversarial training): returns (loss, grad_W, grad_b, f) at the
+        perturbed points. The perturbation delta_n = -y_n tau J_n/|J_n| is a combination of
+        the rows of W (J_n = g'_n W), so the perturbed pre-activations are U + s_n g'_n W W^T
+        (kernels.fgm_shift): one product with X instead of three. Noise is fine; l2 only.
+        """
+        if want_bias is None:
+            want_bias = self.model.bias == "trained"
+        X = np.asarray(X, dtype=self.W.dtype)
+        y = np.asarray(y, np.float64)
+        b = self.bias()
+        args = self._act_args()
+        U = self.preactivations(X)
+        Gp = U.copy()
+        _, nnz_p = kernels.output_grad_stage_nnz(Gp, b, *args)  # g' = dg/du at X
+        s = np.empty(len(X))
+        kernels.fgm_shift(U, Gp, gram(self.W), y, float(tau), s)  # U = (X + delta) W^T
+        Xa = product_nn(Gp, self.W, nnz_p)  # J = g' W
+        del Gp
+        Xa *= s.astype(Xa.dtype)[:, None]
+        Xa += X  # the FGM points X + s J
+        f, loss, _, gb, nnz = kernels.backward_stage_nnz(U, y, b, *args, 1.0 / len(X), want_bias)
+        return float(np.sum(loss) / len(X)), product_tn(U, Xa, nnz), gb, f
+
+    def pgd_margins(self, X: np.ndarray, y: np.ndarray, tau: float, steps: int = 50, restarts: int = 5,
+                    step_size: float | None = None, rng: np.random.Generator | None = None,
+                    random_start: bool = True) -> np.ndarray:
+        """attacks.pgd(self, X, y, tau, 'l2', ...) through W W^T: the best margins y f(x + delta).
+
+        Equal up to rounding to `attacks.pgd(...).margin` with the same arguments and rng
+        (the perturbed points themselves are not formed). One product X W^T, one W W^T,
+        and per random start one product delta W^T; each step is the nonlinear stage and a
+        sparse product with W W^T.
+        """
+        X = np.asarray(X, dtype=self.W.dtype)
+        W = self.W
+
+        def start_projections(delta):
+            return matmul(delta, W.T.astype(np.float64))
+
+        return pgd_l2_margins(self.preactivations(X), gram(W), self.bias(), self._act_args(), W.dtype, y, tau,
+                              steps, restarts, step_size, rng, random_start, X.shape[1], start_projections)
 
     def output_gradient(self, X: np.ndarray):
         """(df/dx (n x d, dtype of W), f): the gradient of each output in its input."""
         X = np.asarray(X, dtype=self.W.dtype)
         U = self.preactivations(X)
-        f = kernels.output_grad_stage(U, self.bias(), *self._act_args())
-        return matmul(U, self.W), f
+        f, nnz = kernels.output_grad_stage_nnz(U, self.bias(), *self._act_args())
+        return product_nn(U, self.W, nnz), f
