@@ -1,4 +1,4 @@
-"""Command line: `python -m sim train|verify|sweep|plot ...`."""
+"""Command line: `python -m sim train|verify|sweep|plot|bench ...`."""
 from __future__ import annotations
 
 import argparse
@@ -108,6 +108,9 @@ def main(argv=None) -> int:
     from .sweep import add_sweep_commands
 
     add_sweep_commands(sub)
+    from .bench import add_bench_command
+
+    add_bench_command(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
