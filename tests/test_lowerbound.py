@@ -14,7 +14,15 @@ from sim.lowerbound import (Budget, LinearModel, NTKModel, OraclePolynomial, Pol
 from sim.lowerbound.linear import robust_loss
 from sim.network import TwoLayerNet
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64_torch():
+    """float64 autograd references here, restored after each test (other suites use float32)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 # ---------------------------------------------------------------- linear: closed form = exact attack
