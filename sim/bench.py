@@ -20,7 +20,9 @@ each by four implementations:
 
 Repeats are interleaved (the order of the implementations rotates each repeat) and the
 ratios engine / reference are taken per repeat, then their median is reported, so that a
-shared, noisy machine affects both sides of a ratio alike. Peak memory is the peak
+shared, noisy machine affects both sides of a ratio alike. The JSON also holds the CPU
+seconds (all threads) of every run and their ratios: less sensitive to other processes
+than wall time, but they count the spin-waiting of BLAS and OpenMP threads as work. Peak memory is the peak
 resident set during the operation (Linux: /proc/self/clear_refs, VmHWM) above the
 resident set before it, plus the bytes of the inputs (data and weights); the budget is
 twice the data, the weights and one N x m buffer.
@@ -393,6 +395,7 @@ class BenchConfig:
     seed: int = 0
     quiet: bool = False
     sparse_repeats: int = 0
+    sparse_dtype: str = "float32"
 
 
 def _set_threads(threads: int):
@@ -408,17 +411,20 @@ def _set_threads(threads: int):
 def _run_interleaved(fns: dict, repeats: int, say) -> dict:
     """{name: fn}: warm each once, then `repeats` rounds in rotating order; times and peaks."""
     names = list(fns)
-    out = {k: {"times": [], "peak_extra": []} for k in names}
+    out = {k: {"times": [], "cpu": [], "peak_extra": []} for k in names}
     for k in names:  # warm-up: JIT compilation, first-touch allocations
         fns[k]()
     for rep in range(repeats):
         order = names[rep % len(names):] + names[:rep % len(names)]
         for k in order:
             with PeakMemory() as pm:
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 fns[k]()
                 dt = time.perf_counter() - t0
+                dc = time.process_time() - c0
             out[k]["times"].append(dt)
+            out[k]["cpu"].append(dc)
             if pm.extra is not None:
                 out[k]["peak_extra"].append(pm.extra)
         say(f"    repeat {rep + 1}/{repeats}: " + ", ".join(f"{k} {out[k]['times'][-1]:.3f}s" for k in names))
@@ -431,7 +437,8 @@ def _summarise(raw: dict, subjects: tuple, input_bytes: int) -> dict:
     res = {}
     for k, v in raw.items():
         t = np.array(v["times"])
-        rec = {"median_s": float(np.median(t)), "min_s": float(t.min()), "times": [float(x) for x in t]}
+        rec = {"median_s": float(np.median(t)), "min_s": float(t.min()), "times": [float(x) for x in t],
+               "cpu_s": [float(x) for x in v["cpu"]]}
         if v["peak_extra"]:
             rec["peak_bytes"] = int(input_bytes + max(v["peak_extra"]))
         res[k] = rec
@@ -440,6 +447,8 @@ def _summarise(raw: dict, subjects: tuple, input_bytes: int) -> dict:
             continue
         ts = np.array(raw[sub]["times"])
         res[sub]["ratios"] = {k: float(np.median(ts / np.array(raw[k]["times"]))) for k in raw if k != sub}
+        cs = np.array(raw[sub]["cpu"])  # CPU seconds of all threads: the work, less the waiting on a busy machine
+        res[sub]["cpu_ratios"] = {k: float(np.median(cs / np.array(raw[k]["cpu"]))) for k in raw if k != sub}
     return res
 
 
@@ -566,6 +575,9 @@ def format_dense(res: dict) -> str:
             lines.append(f"  {label:14s}{r[sub]['median_s']:9.3f}"
                          + "".join(f"{rat[k]:9.2f}" if k in rat else f"{'-':>9s}" for k in REFS)
                          + f"{_mb(r[sub].get('peak_bytes')):>9s}" + f"{budget:>8s}" + (refs if sub == "engine" else ""))
+            crat = r[sub].get("cpu_ratios", {})
+            lines.append(f"  {'  cpu time':14s}{'':9s}"
+                         + "".join(f"{crat[k]:9.2f}" if k in crat else f"{'-':>9s}" for k in REFS))
     lines.append("  (ratios: engine time / reference time, median over repeats; < 1 means the engine is faster)")
     return "\n".join(lines)
 
@@ -574,14 +586,16 @@ def format_sparse(res: dict) -> str:
     lines = [f"sparse path {res['cell']['name']}  (gradient relative difference sparse vs dense "
              f"{res['grad_rel_diff']:.1e}; codes {_mb(res['codes_bytes'])} MB; dense data+weights "
              f"{_mb(res['input_bytes'])} MB, budget {_mb(res['budget_bytes'])} MB)",
-             f"  {'op':8s}{'sparse s':>10s}{'dense s':>10s}{'speedup':>9s}{'fused s':>10s}{'speedup':>9s}"
+             f"  {'op':8s}{'sparse s':>10s}{'dense s':>10s}{'speedup':>9s}{'(cpu)':>7s}{'fused s':>10s}{'speedup':>9s}"
              f"{'MB sparse':>11s}{'MB dense':>10s}{'MB fused':>10s}{'budget':>8s}"]
     for op, r in res["ops"].items():
         if op == "budget_bytes":
             continue
         rat = r["sparse"]["ratios"]
         fused = "dense_fused" in r
+        crat = r["sparse"]["cpu_ratios"]
         lines.append(f"  {op:8s}{r['sparse']['median_s']:10.3f}{r['dense']['median_s']:10.3f}{1 / rat['dense']:9.1f}"
+                     f"{1 / crat['dense']:7.1f}"
                      + (f"{r['dense_fused']['median_s']:10.3f}{1 / rat['dense_fused']:9.1f}" if fused else f"{'-':>10s}{'-':>9s}")
                      + f"{_mb(r['sparse'].get('peak_bytes')):>11s}{_mb(r['dense'].get('peak_bytes')):>10s}"
                      + (f"{_mb(r['dense_fused'].get('peak_bytes')):>10s}" if fused else f"{'-':>10s}")
@@ -606,7 +620,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             print(format_dense(res), flush=True)
         if cfg.sparse_cell is not None:
             d, n, k = cfg.sparse_cell
-            res = bench_sparse_cell(d, n, k, cfg, say)
+            res = bench_sparse_cell(d, n, k, cfg, say, cfg.sparse_dtype)
             doc["sparse"] = res
             print(format_sparse(res), flush=True)
     doc["numba_threads"] = numba.get_num_threads()
@@ -668,8 +682,9 @@ def config_from_args(args) -> BenchConfig:
     repeats = args.repeats if args.repeats else (2 if preset == "quick" else 5)
     n_eval = args.n_eval if args.n_eval else (300 if preset == "quick" else 1000)
     sparse_repeats = args.sparse_repeats if args.sparse_repeats else min(repeats, 3)
+    sparse_dtype = args.dtypes.split(",")[0] if args.dtypes else "float32"
     return BenchConfig(cells, sparse_cell, ops, impls, repeats, args.threads, n_eval, args.warm_steps, args.seed,
-                       args.quiet, sparse_repeats)
+                       args.quiet, sparse_repeats, sparse_dtype)
 
 
 def add_bench_command(subparsers) -> argparse.ArgumentParser:
@@ -680,7 +695,8 @@ def add_bench_command(subparsers) -> argparse.ArgumentParser:
                    "sparse d=4096 k=4 cell; grid: d in 256,1024,4096 x N in 5000,50000 x float32,float64; quick")
     b.add_argument("--quick", action="store_true", help="the quick preset: small, a minute or two")
     b.add_argument("--sizes", help="cells as DxN,DxN (m = 2d), e.g. 1024x10000,2048x20000; overrides the preset")
-    b.add_argument("--dtypes", help="float32,float64 (default float32 with --sizes; the preset's otherwise)")
+    b.add_argument("--dtypes", help="float32,float64 (default float32 with --sizes; the preset's otherwise); "
+                   "the sparse cell uses the first")
     b.add_argument("--sparse", help="the sparse cell as DxNxK, e.g. 4096x10000x4")
     b.add_argument("--no-sparse", action="store_true", help="skip the sparse cell")
     b.add_argument("--no-dense", action="store_true", help="skip the dense cells (only the sparse cell)")

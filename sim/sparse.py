@@ -22,11 +22,13 @@ counterpart here, at a cost in k (active atoms per sample) instead of d:
 
 The results equal those of the dense path (sim.network, sim.attacks) up to floating-point
 rounding (the sums run over k atoms instead of d coordinates), which tests/test_sparse.py
-checks. The correspondence needs an orthogonal M and noise 0; noise and l_inf (not
+checks: to 1e-10 in float64; in float32 a pre-activation within rounding of its threshold
+b_i can be active on one path and silent on the other, so float32 agrees loosely. The correspondence needs an orthogonal M and noise 0; noise and l_inf (not
 rotation-invariant) stay on the dense path. W = C M^T is formed only when asked (to_net).
 """
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,11 +122,8 @@ def _codes_preacts(CT, indptr, indices, values, out):
         o = out[r]
         for i in range(m):
             o[i] = 0
-        for e in range(indptr[r], indptr[r + 1]):
-            v = values[e]
-            row = CT[indices[e]]
-            for i in range(m):
-                o[i] += v * row[i]
+        lo, hi = indptr[r], indptr[r + 1]
+        kernels._axpy_list(o, indices[lo:hi], values[lo:hi], hi - lo, CT)  # ((0 + v0 c0) + v1 c1) + ...
     return out
 
 
@@ -157,46 +156,31 @@ def _row_preacts(CT, indptr, indices, values, r, u):
     o = u[0]
     for i in range(o.shape[0]):
         o[i] = 0
-    for e in range(indptr[r], indptr[r + 1]):
-        v = values[e]
-        row = CT[indices[e]]
-        for i in range(o.shape[0]):
-            o[i] += v * row[i]
+    lo, hi = indptr[r], indptr[r + 1]
+    kernels._axpy_list(o, indices[lo:hi], values[lo:hi], hi - lo, CT)
 
 
 @njit(cache=True, parallel=True)
-def _step_count(CT, indptr, indices, values, y, b, act, q, rho, scale, want_bias, f, loss, dldf, counts, part):
-    """Pass 1 of the fused step: per sample, the pre-activations in a cache-resident row,
-    the backward stage of sim.kernels on it (f, loss, dl/df, bias sums per chunk), and the
-    count of nonzero entries of its gradient row G[r]. No n x m buffer."""
+def _step_rows(CT, indptr, indices, values, y, b, act, q, rho, scale, want_bias, f, loss, dldf, part, start, stop,
+               gi, gv):
+    """The fused forward and backward pass on the codes, one pass over the samples.
+
+    Per sample r: its pre-activations in a row that stays in cache, the backward stage of
+    sim.kernels on it (f, loss, dl/df, bias sums per chunk), and the nonzero entries of its
+    gradient row G[r], stored at gi/gv[start[r]:stop[r]] inside the region of its chunk
+    (CHUNK * m entries, touched only as far as used). No n x m buffer is written.
+    """
     n = len(indptr) - 1
     m = CT.shape[1]
     n_chunks = (n + kernels.CHUNK - 1) // kernels.CHUNK
     for c in prange(n_chunks):
         u = np.empty((1, m), CT.dtype)
+        e = c * kernels.CHUNK * m
         for r in range(c * kernels.CHUNK, min(n, (c + 1) * kernels.CHUNK)):
             _row_preacts(CT, indptr, indices, values, r, u)
-            counts[r] = kernels._backward_rows(u, y[r:r + 1], b, act, q, rho, scale, want_bias, part, c, 0, 1,
-                                               f[r:r + 1], loss[r:r + 1], dldf[r:r + 1])
-
-
-@njit(cache=True, parallel=True)
-def _step_fill(CT, indptr, indices, values, y, b, act, q, rho, scale, offsets, gi, gv):
-    """Pass 2: recompute each gradient row G[r] (same operations as pass 1) and store its
-    nonzero entries at offsets[r]: G as compressed rows (gi, gv)."""
-    n = len(indptr) - 1
-    m = CT.shape[1]
-    n_chunks = (n + kernels.CHUNK - 1) // kernels.CHUNK
-    for c in prange(n_chunks):
-        u = np.empty((1, m), CT.dtype)
-        part = np.zeros((1, m), np.float64)
-        f1 = np.empty(1)
-        l1 = np.empty(1)
-        d1 = np.empty(1)
-        for r in range(c * kernels.CHUNK, min(n, (c + 1) * kernels.CHUNK)):
-            _row_preacts(CT, indptr, indices, values, r, u)
-            kernels._backward_rows(u, y[r:r + 1], b, act, q, rho, scale, False, part, 0, 0, 1, f1, l1, d1)
-            e = offsets[r]
+            kernels._backward_rows(u, y[r:r + 1], b, act, q, rho, scale, want_bias, part, c, 0, 1,
+                                   f[r:r + 1], loss[r:r + 1], dldf[r:r + 1])
+            start[r] = e
             row = u[0]
             for i in range(m):
                 v = row[i]
@@ -204,12 +188,13 @@ def _step_fill(CT, indptr, indices, values, y, b, act, q, rho, scale, offsets, g
                     gi[e] = i
                     gv[e] = v
                     e += 1
+            stop[r] = e
 
 
 @njit(cache=True, parallel=True)
-def _codes_tn_csr(atom_ptr, rows, values, offsets, gi, gv, out):
-    """out = Z^T G (D x m) for G in compressed rows: out[j, i] sums z_rj G[r, i] over the
-    samples r with atom j in increasing order. Parallel over atoms."""
+def _codes_tn_csr(atom_ptr, rows, values, start, stop, gi, gv, out):
+    """out = Z^T G (D x m) for G's nonzeros (row r at gi/gv[start[r]:stop[r]]): out[j, i]
+    sums z_rj G[r, i] over the samples r with atom j in increasing order. Parallel over atoms."""
     D = len(atom_ptr) - 1
     m = out.shape[1]
     for j in prange(D):
@@ -219,7 +204,7 @@ def _codes_tn_csr(atom_ptr, rows, values, offsets, gi, gv, out):
         for e in range(atom_ptr[j], atom_ptr[j + 1]):
             r = rows[e]
             z = values[e]
-            for t in range(offsets[r], offsets[r + 1]):
+            for t in range(start[r], stop[r]):
                 o[gi[t]] += z * gv[t]
     return out
 
@@ -257,6 +242,15 @@ def _col_norms(CT):
         for i in range(m):
             out[i] += part[bi, i]
     return np.sqrt(out)
+
+
+def _lazy_empty(n: int, dtype) -> np.ndarray:
+    """An uninitialised array in fresh anonymous memory with ordinary pages: only the pages
+    written to become resident (NumPy asks large arrays for huge pages, 2 MB each)."""
+    dtype = np.dtype(dtype)
+    if n * dtype.itemsize < (1 << 20):
+        return np.empty(n, dtype)
+    return np.frombuffer(mmap.mmap(-1, n * dtype.itemsize), dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,32 +330,31 @@ class SparseNet:
     def loss_and_grad(self, codes: Codes, y: np.ndarray, want_bias: bool | None = None):
         """(loss, grad_CT (D x m), grad_b, f): TwoLayerNet.loss_and_grad with grad_CT = (grad_W M)^T.
 
-        Two passes over the samples, each computing a sample's pre-activations in a row that
-        stays in cache: the first runs the backward stage and counts the nonzero gradient
-        entries, the second stores them; then Z^T G over the nonzeros. No n x m buffer.
+        One pass over the samples, each sample's pre-activations computed in a row that
+        stays in cache, its backward stage run there and its nonzero gradient entries kept;
+        then Z^T G over the nonzeros. No n x m buffer.
         """
         if want_bias is None:
             want_bias = self.model.bias == "trained"
         n = len(codes)
+        m = self.width
         y = np.asarray(y, np.float64)
         b = self.bias()
         args = self._act_args()
         vals = codes.values.astype(self.CT.dtype)
         f, loss, dldf = np.empty(n), np.empty(n), np.empty(n)
-        counts = np.empty(n, np.int64)
+        start, stop = np.empty(n, np.int64), np.empty(n, np.int64)
         n_chunks = (n + kernels.CHUNK - 1) // kernels.CHUNK
-        part = np.zeros((n_chunks if want_bias else 1, self.width))
-        _step_count(self.CT, codes.indptr, codes.indices, vals, y, b, *args, 1.0 / n, want_bias, f, loss, dldf,
-                    counts, part)
-        offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        gi = np.empty(offsets[-1], np.int64)
-        gv = np.empty(offsets[-1], self.CT.dtype)
-        _step_fill(self.CT, codes.indptr, codes.indices, vals, y, b, *args, 1.0 / n, offsets, gi, gv)
+        part = np.zeros((n_chunks if want_bias else 1, m))
+        # room for every entry of G, in virtual memory: only the pages the nonzeros reach are touched
+        gi = _lazy_empty(n_chunks * kernels.CHUNK * m, np.int32)
+        gv = _lazy_empty(n_chunks * kernels.CHUNK * m, self.CT.dtype)
+        _step_rows(self.CT, codes.indptr, codes.indices, vals, y, b, *args, 1.0 / n, want_bias, f, loss, dldf, part,
+                   start, stop, gi, gv)
         ptr, rows, avals = codes.by_atom()
-        grad = _codes_tn_csr(ptr, rows, avals.astype(self.CT.dtype), offsets, gi, gv,
-                             np.empty((codes.D, self.width), self.CT.dtype))
-        gb = np.zeros(self.width)
+        grad = _codes_tn_csr(ptr, rows, avals.astype(self.CT.dtype), start, stop, gi, gv,
+                             np.empty((codes.D, m), self.CT.dtype))
+        gb = np.zeros(m)
         if want_bias:
             for c in range(n_chunks):  # in chunk order, as kernels.backward_stage_nnz
                 gb += part[c]

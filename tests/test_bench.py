@@ -71,7 +71,7 @@ def test_harness_end_to_end(tmp_path, capsys):
     sub = parser.add_subparsers(dest="command", required=True)
     bench.add_bench_command(sub)
     out = tmp_path / "bench.json"
-    args = parser.parse_args(["bench", "--sizes", "32x200", "--sparse", "32x200x2", "--repeats", "2",
+    args = parser.parse_args(["bench", "--sizes", "32x200", "--dtypes", "float64", "--sparse", "32x200x2", "--repeats", "2",
                               "--sparse-repeats", "1", "--n-eval", "40", "--threads", "1", "--json", str(out),
                               "--quiet"])
     assert args.func(args) == 0
