@@ -76,11 +76,42 @@ def margin_gradient(model, X, y):
     return -y[:, None] * J, f
 
 
+def _float(X) -> np.ndarray:
+    """X as a floating array (its own dtype if floating, else float64): attacks work in
+    the model's precision, without float64 copies of float32 data."""
+    X = np.asarray(X)
+    return X if np.issubdtype(X.dtype, np.floating) else X.astype(np.float64)
+
+
+def _ascend_(J: np.ndarray, y: np.ndarray, step: float, norm: str) -> np.ndarray:
+    """In place: J (= df/dx) becomes step * steepest(-y J, norm), the ascent step on the
+    margin loss; no n x d temporaries."""
+    c = -y * step
+    if norm == "linf":
+        np.sign(J, out=J)
+    else:
+        n = np.linalg.norm(J.astype(np.float64, copy=False) if J.dtype != np.float64 else J, axis=1)
+        c = np.where(n > 0, c / np.where(n > 0, n, 1.0), 0.0)
+    J *= c.astype(J.dtype)[:, None]
+    return J
+
+
+def _project_(delta: np.ndarray, norm: str, tau: float) -> np.ndarray:
+    """project(delta, norm, tau), in place."""
+    if norm == "linf":
+        return np.clip(delta, -tau, tau, out=delta)
+    n = np.linalg.norm(delta, axis=1)
+    delta *= np.minimum(1.0, tau / np.maximum(n, 1e-300)).astype(delta.dtype)[:, None]
+    return delta
+
+
 def fgm(model, X, y, tau, norm="l2") -> AttackResult:
     """One step of size tau along the steepest ascent direction: FGM (l2) / FGSM (l_inf)."""
     _check(norm, tau)
-    g, _ = margin_gradient(model, X, y)
-    X_adv = X + tau * steepest(g, norm)
+    X = _float(X)
+    J, _ = model.output_gradient(X)
+    X_adv = _ascend_(np.asarray(J, X.dtype), y, tau, norm)
+    X_adv += X
     return _result("fgm" if norm == "l2" else "fgsm", model, X_adv, y)
 
 
@@ -92,31 +123,42 @@ def pgd(model, X, y, tau, norm="l2", steps=50, restarts=5, step_size=None, rng=N
     halved at 50 % and 75 % of the steps. Restart 0 starts at x (no noise) unless
     random_start and restarts == 1; every other restart starts uniformly in the ball.
     The best point per sample (lowest margin) over all steps and restarts is kept.
+    Works in X's precision with three n x d buffers (best point, delta, x + delta) and
+    the model's own temporaries.
     """
     _check(norm, tau)
     if steps < 1 or restarts < 1:
         raise ValueError(f"steps={steps}, restarts={restarts} are invalid: allowed integers >= 1")
     rng = rng if rng is not None else np.random.default_rng(0)
+    X = _float(X)
     alpha0 = (step_size if step_size is not None else 2.5 / steps) * tau
     best_x = X.copy()
     best_m = y * model.forward(X)
-    for r in range(restarts):
-        if random_start and (r > 0 or restarts == 1):
-            delta = random_in_ball(rng, X.shape, norm, tau)
-        else:
-            delta = np.zeros_like(X)
-        for t in range(steps):
-            alpha = alpha0 * (0.5 if t >= steps // 2 else 1.0) * (0.5 if t >= (3 * steps) // 4 else 1.0)
-            g, f = margin_gradient(model, X + delta, y)
-            m = y * f
-            better = m < best_m
-            best_m = np.where(better, m, best_m)
-            best_x[better] = (X + delta)[better]
-            delta = project(delta + alpha * steepest(g, norm), norm, tau)
-        m = y * model.forward(X + delta)
+    delta = np.empty_like(X)
+    Xa = np.empty_like(X)
+
+    def keep_best(f):
+        nonlocal best_m
+        m = y * f
         better = m < best_m
         best_m = np.where(better, m, best_m)
-        best_x[better] = (X + delta)[better]
+        best_x[better] = Xa[better]
+
+    for r in range(restarts):
+        if random_start and (r > 0 or restarts == 1):
+            delta[...] = random_in_ball(rng, X.shape, norm, tau)
+        else:
+            delta[...] = 0
+        for t in range(steps):
+            alpha = alpha0 * (0.5 if t >= steps // 2 else 1.0) * (0.5 if t >= (3 * steps) // 4 else 1.0)
+            np.add(X, delta, out=Xa)
+            J, f = model.output_gradient(Xa)
+            keep_best(f)
+            delta += _ascend_(np.asarray(J, X.dtype), y, alpha, norm)
+            del J
+            _project_(delta, norm, tau)
+        np.add(X, delta, out=Xa)
+        keep_best(model.forward(Xa))
     return AttackResult(f"pgd{steps}x{restarts}", best_x, best_m <= 0, best_m)
 
 

@@ -5,13 +5,16 @@ init) it times, in one process and interleaved, three operations:
 
 - step:  one full-batch gradient-descent step (loss, gradient in W, update);
 - fgm:   one FGM (l2) adversarial-training step (FGM on the batch, then the step on the
-         perturbed points), as sim.adversarial + sim.train run it;
+         perturbed points), as sim.adversarial + sim.train run it (fused: the
+         perturbation acts on the pre-activations through W W^T);
 - pgd20: one PGD-20 (l2) evaluation on n_eval points (20 steps from x, no random start,
          the best point per sample kept, as sim.attacks.pgd);
 
 each by four implementations:
 
-- engine: sim (sim.network on the Numba kernels, sim.attacks);
+- engine: sim (sim.network on the Numba kernels, sim.adversarial, sim.attacks);
+- alt:    the engine's other way, shown for comparison (fgm: sim.attacks.fgm, then the
+          step; pgd20: PGD on the pre-activations through W W^T, TwoLayerNet.pgd_margins);
 - numpy:  (a) a straightforward NumPy implementation of the same maths;
 - torch:  (b) a straightforward PyTorch CPU implementation with autograd, same threads;
 - blas:   (c) the machine's limit: only the matrix products the operation cannot avoid
@@ -46,7 +49,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 OPS = ("step", "fgm", "pgd20")
-IMPLS = ("engine", "fused", "numpy", "torch", "blas")
+ALT_LABEL = {"fgm": " (unfused)", "pgd20": " (W W^T)"}
+IMPLS = ("engine", "alt", "numpy", "torch", "blas")
 PRESETS = {
     # d, N, dtype
     "quick": [(256, 2000, "float32")],
@@ -357,18 +361,23 @@ def engine_step(net, X, y):
 
 
 def engine_fgm_step(net, X, y):
+    """As sim.train runs FGM adversarial training (sim.adversarial.Perturb, fused in l2)."""
+    from .adversarial import make_perturb
+
+    _, gW, _, _ = make_perturb("fgm", TAU, "l2", None).loss_and_grad(net, X, y, 0)
+    return net.W - net.W.dtype.type(LR) * gW
+
+
+def alt_fgm_step(net, X, y):
+    """The alternative: attack (sim.attacks.fgm), then the step on the perturbed points."""
     from . import attacks
 
     Xa = np.ascontiguousarray(attacks.fgm(net, X, y, TAU, "l2").x_adv, dtype=net.W.dtype)
     return engine_step(net, Xa, y)
 
 
-def fused_fgm_step(net, X, y):
-    _, gW, _, _ = net.fgm_loss_and_grad(X, y, TAU)
-    return net.W - net.W.dtype.type(LR) * gW
-
-
-def fused_pgd(net, X, y, steps=20):
+def alt_pgd(net, X, y, steps=20):
+    """The alternative: PGD on the pre-activations through W W^T (TwoLayerNet.pgd_margins)."""
     return net.pgd_margins(X, y, TAU, steps=steps, restarts=1, random_start=False)
 
 
@@ -432,7 +441,7 @@ def _run_interleaved(fns: dict, repeats: int, say) -> dict:
 
 
 def _summarise(raw: dict, subjects: tuple, input_bytes: int) -> dict:
-    """Median times, peak memory, and for each subject (engine, fused, sparse) the median over
+    """Median times, peak memory, and for each subject (engine, alt, sparse) the median over
     repeats of its time divided by each other implementation's time in the same repeat."""
     res = {}
     for k, v in raw.items():
@@ -475,10 +484,10 @@ def bench_dense_cell(cell: Cell, cfg: BenchConfig, say) -> dict:
     fns = {
         "step": {"engine": lambda: engine_step(net, X, y), "numpy": lambda: np_step(net.W, X, yt, beta),
                  "torch": lambda: torch_step(Wt, Xt, ytt, beta), "blas": lambda: blas_step(net.W, X)},
-        "fgm": {"engine": lambda: engine_fgm_step(net, X, y), "fused": lambda: fused_fgm_step(net, X, y),
+        "fgm": {"engine": lambda: engine_fgm_step(net, X, y), "alt": lambda: alt_fgm_step(net, X, y),
                 "numpy": lambda: np_fgm_step(net.W, X, yt, beta), "torch": lambda: torch_fgm_step(Wt, Xt, ytt, beta),
                 "blas": lambda: blas_fgm(net.W, X)},
-        "pgd20": {"engine": lambda: engine_pgd(net, Xe, ye), "fused": lambda: fused_pgd(net, Xe, ye),
+        "pgd20": {"engine": lambda: engine_pgd(net, Xe, ye), "alt": lambda: alt_pgd(net, Xe, ye),
                   "numpy": lambda: np_pgd(net.W, Xe, yet.numpy(), beta), "torch": lambda: torch_pgd(Wt, Xet, yet, beta),
                   "blas": lambda: blas_pgd(net.W, Xe)},
     }
@@ -490,7 +499,7 @@ def bench_dense_cell(cell: Cell, cfg: BenchConfig, say) -> dict:
         raw = _run_interleaved(chosen, cfg.repeats, say)
         inputs = inst.input_bytes if op != "pgd20" else Xe.nbytes + ye.nbytes + net.W.nbytes
         rows = cell.n if op != "pgd20" else ne
-        out["ops"][op] = _summarise(raw, ("engine", "fused"), inputs)
+        out["ops"][op] = _summarise(raw, ("engine", "alt"), inputs)
         out["ops"][op]["budget_bytes"] = 2 * (inputs + rows * cell.m * X.itemsize)
     return out
 
@@ -522,15 +531,15 @@ def bench_sparse_cell(d: int, n: int, k: float, cfg: BenchConfig, say, dtype="fl
 
     fns = {
         "step": {"dense": lambda: engine_step(net, X, y), "sparse": sparse_step},
-        "fgm": {"dense": lambda: engine_fgm_step(net, X, y), "dense_fused": lambda: fused_fgm_step(net, X, y),
+        "fgm": {"dense": lambda: engine_fgm_step(net, X, y), "dense_alt": lambda: alt_fgm_step(net, X, y),
                 "sparse": sparse_fgm},
         "pgd20": {"dense": lambda: engine_pgd(net, X[:ne], y[:ne]),
-                  "dense_fused": lambda: fused_pgd(net, X[:ne], y[:ne]),
+                  "dense_alt": lambda: alt_pgd(net, X[:ne], y[:ne]),
                   "sparse": lambda: sparse.pgd(snet, ce, y[:ne], TAU, steps=20, restarts=1, random_start=False).margin},
     }
-    if "fused" not in cfg.impls:
+    if "alt" not in cfg.impls:
         for op in ("fgm", "pgd20"):
-            fns[op].pop("dense_fused")
+            fns[op].pop("dense_alt")
     # the two paths agree (tests/test_sparse.py checks it on small problems; a spot check here)
     l_d, g_d, _, _ = net.loss_and_grad(X, y)
     l_s, g_s, _, _ = snet.loss_and_grad(codes, y)
@@ -568,7 +577,7 @@ def format_dense(res: dict) -> str:
         r = {k: v for k, v in r.items() if k != "budget_bytes"}
         refs = "   " + ", ".join(f"{r[k]['median_s']:.3f}/{_mb(r[k].get('peak_bytes'))}" if k in r else "-"
                                   for k in REFS)
-        for sub, label in (("engine", op), ("fused", op + " (fused)")):
+        for sub, label in (("engine", op), ("alt", op + ALT_LABEL.get(op, " (alt)"))):
             if sub not in r:
                 continue
             rat = r[sub]["ratios"]
@@ -586,22 +595,22 @@ def format_sparse(res: dict) -> str:
     lines = [f"sparse path {res['cell']['name']}  (gradient relative difference sparse vs dense "
              f"{res['grad_rel_diff']:.1e}; codes {_mb(res['codes_bytes'])} MB; dense data+weights "
              f"{_mb(res['input_bytes'])} MB, budget {_mb(res['budget_bytes'])} MB)",
-             f"  {'op':8s}{'sparse s':>10s}{'dense s':>10s}{'speedup':>9s}{'(cpu)':>7s}{'fused s':>10s}{'speedup':>9s}"
-             f"{'MB sparse':>11s}{'MB dense':>10s}{'MB fused':>10s}{'budget':>8s}"]
+             f"  {'op':8s}{'sparse s':>10s}{'dense s':>10s}{'speedup':>9s}{'(cpu)':>7s}{'alt s':>10s}{'speedup':>9s}"
+             f"{'MB sparse':>11s}{'MB dense':>10s}{'MB alt':>10s}{'budget':>8s}"]
     for op, r in res["ops"].items():
         if op == "budget_bytes":
             continue
         rat = r["sparse"]["ratios"]
-        fused = "dense_fused" in r
+        alt = "dense_alt" in r
         crat = r["sparse"]["cpu_ratios"]
         lines.append(f"  {op:8s}{r['sparse']['median_s']:10.3f}{r['dense']['median_s']:10.3f}{1 / rat['dense']:9.1f}"
                      f"{1 / crat['dense']:7.1f}"
-                     + (f"{r['dense_fused']['median_s']:10.3f}{1 / rat['dense_fused']:9.1f}" if fused else f"{'-':>10s}{'-':>9s}")
+                     + (f"{r['dense_alt']['median_s']:10.3f}{1 / rat['dense_alt']:9.1f}" if alt else f"{'-':>10s}{'-':>9s}")
                      + f"{_mb(r['sparse'].get('peak_bytes')):>11s}{_mb(r['dense'].get('peak_bytes')):>10s}"
-                     + (f"{_mb(r['dense_fused'].get('peak_bytes')):>10s}" if fused else f"{'-':>10s}")
+                     + (f"{_mb(r['dense_alt'].get('peak_bytes')):>10s}" if alt else f"{'-':>10s}")
                      + f"{_mb(r.get('budget_bytes')):>8s}")
     lines.append("  (speedup: dense time / sparse time, median over repeats; dense = the engine as sim runs it now,"
-                 " fused = TwoLayerNet.fgm_loss_and_grad / pgd_margins)")
+                 " alt = fgm: attack, then step; pgd20: through W W^T, TwoLayerNet.pgd_margins)")
     return "\n".join(lines)
 
 

@@ -25,6 +25,9 @@ ACTIVATIONS = {"relu": kernels.RELU, "smooth_relu": kernels.SMOOTH_RELU}
 SPARSE_MAX_DENSITY = 0.2
 
 
+FGM_BLOCKS = 8  # fgm_loss_and_grad holds dg/du for 1/FGM_BLOCKS of the rows at a time
+
+
 def _sparse(nnz: int, G: np.ndarray, d: int) -> bool:
     return nnz <= (SPARSE_MAX_DENSITY if d >= 512 else SPARSE_MAX_DENSITY / 2) * G.size
 
@@ -53,6 +56,27 @@ def product_nn(G: np.ndarray, B: np.ndarray, nnz: int) -> np.ndarray:
     out = np.empty((G.shape[0], B.shape[1]), dtype=np.result_type(G, B))
     tile = int(min(512, max(16, kernels.SPARSE_TILE_BYTES // max(1, B.shape[1] * B.itemsize))))
     return kernels.sparse_nn(G, B, out, tile, kernels.SPARSE_NN_ROWS)
+
+
+def fgm_shift_rows(U, A, B, b, act_args, y, tau):
+    """The l2 FGM on the pre-activations, in place, block by block of rows: (s, g' B).
+
+    U = X W^T (n x m) becomes (X + delta) W^T for the FGM points, delta_r = s_r g'_r W
+    with g' = dg/du at X and s_r = -y_r tau / |g'_r W| (kernels.fgm_shift, A = W W^T).
+    Returns s and g' B (B: W gives the input gradients J, C = W M their codes). Only
+    1/FGM_BLOCKS of g' is held at a time.
+    """
+    n = len(U)
+    s = np.empty(n)
+    out = np.empty((n, B.shape[1]), dtype=np.result_type(U, B))
+    block = max(kernels.CHUNK, -(-n // FGM_BLOCKS))
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        Gp = U[lo:hi].copy()
+        _, nnz = kernels.output_grad_stage_nnz(Gp, b, *act_args)  # g' at X
+        kernels.fgm_shift(U[lo:hi], Gp, A, y[lo:hi], float(tau), s[lo:hi])
+        out[lo:hi] = product_nn(Gp, B, nnz)
+    return s, out
 
 
 def pgd_l2_margins(U0, A, b, act_args, dtype, y, tau, steps, restarts, step_size, rng, random_start, d,
@@ -201,17 +225,13 @@ class TwoLayerNet:
         y = np.asarray(y, np.float64)
         b = self.bias()
         args = self._act_args()
+        n = len(X)
         U = self.preactivations(X)
-        Gp = U.copy()
-        _, nnz_p = kernels.output_grad_stage_nnz(Gp, b, *args)  # g' = dg/du at X
-        s = np.empty(len(X))
-        kernels.fgm_shift(U, Gp, gram(self.W), y, float(tau), s)  # U = (X + delta) W^T
-        Xa = product_nn(Gp, self.W, nnz_p)  # J = g' W
-        del Gp
+        s, Xa = fgm_shift_rows(U, gram(self.W), self.W, b, args, y, tau)  # U = (X + delta) W^T; Xa = J
         Xa *= s.astype(Xa.dtype)[:, None]
         Xa += X  # the FGM points X + s J
-        f, loss, _, gb, nnz = kernels.backward_stage_nnz(U, y, b, *args, 1.0 / len(X), want_bias)
-        return float(np.sum(loss) / len(X)), product_tn(U, Xa, nnz), gb, f
+        f, loss, _, gb, nnz = kernels.backward_stage_nnz(U, y, b, *args, 1.0 / n, want_bias)
+        return float(np.sum(loss) / n), product_tn(U, Xa, nnz), gb, f
 
     def pgd_margins(self, X: np.ndarray, y: np.ndarray, tau: float, steps: int = 50, restarts: int = 5,
                     step_size: float | None = None, rng: np.random.Generator | None = None,

@@ -36,7 +36,7 @@ from numba import njit, prange
 
 from . import kernels
 from .linalg import gram, matmul
-from .network import ACTIVATIONS, TwoLayerNet, pgd_l2_margins, product_nn, product_tn
+from .network import ACTIVATIONS, TwoLayerNet, fgm_shift_rows, pgd_l2_margins, product_nn, product_tn
 from .config import ModelConfig
 
 __all__ = ["Codes", "SparseNet", "SparseAttack", "fgm_loss_and_grad", "pgd", "fgm", "gradient_descent",
@@ -384,19 +384,13 @@ def fgm_loss_and_grad(net: SparseNet, codes: Codes, y: np.ndarray, tau: float, w
     b = net.bias()
     args = net._act_args()
     U = net.preactivations(codes)
-    Gp = U.copy()
-    kernels.output_grad_stage_nnz(Gp, b, *args)  # Gp = dg/du at the clean points
     A = net.gram() if A is None else A
-    s = np.empty(len(codes), np.float64)
-    kernels.fgm_shift(U, Gp, A, y, float(tau), s)  # U = pre-activations at x + delta
+    s, Delta = fgm_shift_rows(U, A, net.C(), b, args, y, tau)  # U = pre-activations at x + delta
+    del A
+    Delta *= s.astype(Delta.dtype)[:, None]  # Delta = diag(s) g' C: the perturbations in the dictionary basis
     f, loss, _, gb, nnz = kernels.backward_stage_nnz(U, y, b, *args, 1.0 / len(codes), want_bias)
     grad = net.grad_from_G(codes, U)  # Z^T G_adv
-    # + Delta^T G_adv, Delta = diag(s) Gp C (the perturbations in the dictionary basis)
-    Gp *= s.astype(Gp.dtype)[:, None]
-    nnz_p = int(np.count_nonzero(Gp))
-    Delta = product_nn(Gp, net.C(), nnz_p)
-    del Gp
-    grad += product_tn(U, Delta, nnz).T
+    grad += product_tn(U, Delta, nnz).T  # + Delta^T G_adv
     return float(np.sum(loss) / len(codes)), grad, gb, f
 
 

@@ -69,14 +69,17 @@ def gradient_descent(net: TwoLayerNet, problem: Problem, train: Dataset | None, 
         else:
             batch = problem.online_batch(step, tcfg.batch_size)
             X, y = np.ascontiguousarray(batch.x, dtype=dtype), batch.y.astype(np.float64)
-        if perturb is not None:
-            X = np.ascontiguousarray(perturb(net, X, y, step), dtype=dtype)
         row = {"step": step}
         if test is not None and step % tcfg.eval_every == 0:
             ev = evaluate(net, test)  # before the update: every field of a row refers to one W
             row["test_loss"], row["test_acc"] = ev["loss"], ev["acc"]
             bar.set_postfix(test_acc=f"{ev['acc']:.4f}")
-        loss, gW, gb, f = net.loss_and_grad(X, y)
+        if perturb is None:
+            loss, gW, gb, f = net.loss_and_grad(X, y)
+        elif hasattr(perturb, "loss_and_grad"):  # sim.adversarial.Perturb: may fuse attack and step
+            loss, gW, gb, f = perturb.loss_and_grad(net, X, y, step)
+        else:
+            loss, gW, gb, f = net.loss_and_grad(np.ascontiguousarray(perturb(net, X, y, step), dtype=dtype), y)
         if not np.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at step {step}: lower lr (now {tcfg.lr})")
         row.update(loss=loss, train_acc=float(np.mean(y * f > 0)),

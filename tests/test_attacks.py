@@ -76,3 +76,27 @@ def test_bad_arguments_are_named():
         attacks.fgm(net, np.zeros((1, 2)), np.ones(1), 0.1, "l1")
     with pytest.raises(ValueError, match=r"tau=-1"):
         attacks.fgm(net, np.zeros((1, 2)), np.ones(1), -1, "l2")
+
+
+@settings(max_examples=25, deadline=None)
+@given(problems())
+def test_pgd_through_the_gram_matrix_equals_pgd(prob):
+    """TwoLayerNet.pgd_margins (l2 PGD on the pre-activations, through W W^T) gives the
+    margins of attacks.pgd with the same starts, schedule and restarts."""
+    net, X, y, _, tau, _ = prob
+    ref = attacks.pgd(net, X, y, tau, "l2", steps=6, restarts=3, rng=np.random.default_rng(5)).margin
+    got = net.pgd_margins(X, y, tau, steps=6, restarts=3, rng=np.random.default_rng(5))
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_attacks_work_in_the_precision_of_the_points():
+    rng = np.random.default_rng(0)
+    net = TwoLayerNet(rng.standard_normal((20, 12)).astype(np.float32), ModelConfig(beta=0.1))
+    X = rng.standard_normal((30, 12)).astype(np.float32)
+    y = np.sign(rng.standard_normal(30))
+    for norm, tau in (("l2", 0.5), ("linf", 0.1)):
+        for r in (attacks.fgm(net, X, y, tau, norm), attacks.pgd(net, X, y, tau, norm, steps=5, restarts=2)):
+            assert r.x_adv.dtype == np.float32
+            assert np.all(dist(r.x_adv.astype(np.float64), X, norm) <= tau * (1 + 1e-5))
+            r64 = attacks.fgm(net.astype(np.float64), X.astype(np.float64), y, tau, norm)
+            assert r64.x_adv.dtype == np.float64

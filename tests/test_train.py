@@ -111,3 +111,36 @@ def test_killed_run_leaves_finished_snapshots_readable(tmp_path):
         assert load_net(p, cfg).W.shape == (128, 64)
     rows = read_jsonl(out / "metrics.jsonl")
     assert len(rows) >= 15 and [r["step"] for r in rows] == list(range(len(rows)))
+
+
+@pytest.mark.parametrize("bias", ["relative", "trained"])
+@pytest.mark.parametrize("activation", ["relu", "smooth_relu"])
+def test_fused_fgm_training_equals_the_plain_path(bias, activation):
+    """Perturb.loss_and_grad (FGM l2 through W W^T, in row blocks) equals attack-then-step."""
+    from sim.adversarial import make_perturb
+    from sim.data import Problem
+    from sim.network import TwoLayerNet
+    from sim.train import gradient_descent
+
+    cfg = SMALL.replace(data=DataConfig(d=32, k=2.0, n_train=1500, n_test=200),
+                        model=ModelConfig(bias=bias, activation=activation, beta=0.1, bias_value=0.01, rho=0.05),
+                        train=TrainConfig(lr=0.5, steps=8, eval_every=4, dtype="float64"))
+    p = Problem.from_config(cfg.data)
+    tr, te = p.train_set(), p.test_set()
+    start = gradient_descent(TwoLayerNet.init(cfg, np.float64), p, tr, None, cfg.train.replace(steps=30), quiet=True)
+    nets = []
+    for fused in (True, False):
+        perturb = make_perturb("fgm", 0.3, "l2", cfg.data, fused=fused)
+        nets.append(gradient_descent(start.copy(), p, tr, te, cfg.train, perturb=perturb, quiet=True))
+    scale = np.abs(nets[1].W).max()
+    assert np.abs(nets[0].W - nets[1].W).max() <= 1e-9 * scale
+    np.testing.assert_allclose(nets[0].b, nets[1].b, rtol=1e-9, atol=1e-12)
+    # one step by hand: the loss and gradient at the FGM points
+    from sim import attacks
+    net = nets[0]
+    Xa = attacks.fgm(net, tr.x, tr.y, 0.3, "l2").x_adv
+    ref = net.loss_and_grad(Xa, tr.y)
+    got = net.fgm_loss_and_grad(tr.x, tr.y, 0.3)
+    assert abs(got[0] - ref[0]) <= 1e-12 * max(1.0, ref[0])
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-9, atol=1e-12 * np.abs(ref[1]).max())
+    np.testing.assert_allclose(got[3], ref[3], rtol=1e-9, atol=1e-12)
