@@ -90,7 +90,7 @@ def _ascend_(J: np.ndarray, y: np.ndarray, step: float, norm: str) -> np.ndarray
     if norm == "linf":
         np.sign(J, out=J)
     else:
-        n = np.linalg.norm(J.astype(np.float64, copy=False) if J.dtype != np.float64 else J, axis=1)
+        n = np.linalg.norm(J, axis=1).astype(np.float64)
         c = np.where(n > 0, c / np.where(n > 0, n, 1.0), 0.0)
     J *= c.astype(J.dtype)[:, None]
     return J
@@ -100,7 +100,7 @@ def _project_(delta: np.ndarray, norm: str, tau: float) -> np.ndarray:
     """project(delta, norm, tau), in place."""
     if norm == "linf":
         return np.clip(delta, -tau, tau, out=delta)
-    n = np.linalg.norm(delta, axis=1)
+    n = np.linalg.norm(delta, axis=1).astype(np.float64)
     delta *= np.minimum(1.0, tau / np.maximum(n, 1e-300)).astype(delta.dtype)[:, None]
     return delta
 

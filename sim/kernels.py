@@ -453,6 +453,21 @@ def pgd_update(Gp, A, P, nsq, y, alpha, tau):
             nsq[r] = fac * fac * ns
 
 
+@njit(cache=True, parallel=True)
+def row_norms(W):
+    """Euclidean norms of the rows of W (float64), each summed in order in float64: the
+    relative bias beta |w_i| without the float64 copy and square of W that NumPy makes."""
+    m, d = W.shape
+    out = np.empty(m, np.float64)
+    for i in prange(m):
+        s = 0.0
+        for j in range(d):
+            v = np.float64(W[i, j])
+            s += v * v
+        out[i] = math.sqrt(s)
+    return out
+
+
 def set_threads(n: int) -> None:
     """Set Numba's thread count (BLAS threads are set by the environment / threadpoolctl)."""
     numba.set_num_threads(n)

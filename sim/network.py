@@ -162,7 +162,7 @@ class TwoLayerNet:
     def bias(self) -> np.ndarray:
         """The bias vector b (float64) in force now."""
         if self.model.bias in ("relative", "schedule"):
-            return self.beta * np.linalg.norm(self.W.astype(np.float64), axis=1)
+            return self.beta * kernels.row_norms(self.W)
         return self.b
 
     def _act_args(self):

@@ -46,3 +46,31 @@ def output_grads(X, W, b, **a):
     """df/dx_n for every sample."""
     U = np.asarray(X, np.float64) @ np.asarray(W, np.float64).T
     return (dact(U - b, **a) + dact(-U - b, **a)) @ np.asarray(W, np.float64)
+
+
+def row_norms(W):
+    """kernels.row_norms: |w_i| in float64."""
+    return np.linalg.norm(np.asarray(W, np.float64), axis=1)
+
+
+def fgm_shift(U, Gp, A, y, tau):
+    """kernels.fgm_shift: (U + s Gp A, s) with s = -y tau / sqrt(Gp A Gp^T), 0 where that is 0."""
+    U, Gp, A = (np.asarray(a, np.float64) for a in (U, Gp, A))
+    P = Gp @ A
+    nsq = np.einsum("ij,ij->i", Gp, P)
+    s = np.where(nsq > 0, -y * tau / np.sqrt(np.where(nsq > 0, nsq, 1.0)), 0.0)
+    return U + s[:, None] * P, s
+
+
+def pgd_update(Gp, A, P, nsq, y, alpha, tau):
+    """kernels.pgd_update on the explicit perturbations: returns the new (P, nsq).
+
+    The step c J with c = -y alpha / |J| (J = Gp W, |J|^2 = Gp A Gp^T), then the projection
+    on the ball of radius tau, written through P = W delta and nsq = |delta|^2."""
+    Gp, A, P = (np.asarray(a, np.float64) for a in (Gp, A, P))
+    Q = Gp @ A
+    jn2 = np.einsum("ij,ij->i", Gp, Q)
+    c = np.where(jn2 > 0, -y * alpha / np.sqrt(np.where(jn2 > 0, jn2, 1.0)), 0.0)
+    ns = np.maximum(nsq + 2 * c * np.einsum("ij,ij->i", Gp, P) + c * c * jn2, 0.0)
+    fac = np.minimum(1.0, tau / np.maximum(np.sqrt(ns), 1e-300))
+    return fac[:, None] * (P + c[:, None] * Q), fac * fac * ns

@@ -146,3 +146,58 @@ def test_network_is_odd_and_shrinks():
     U = X @ net.W.T
     shrink = np.sign(U) * np.maximum(np.abs(U) - 0.3, 0)
     np.testing.assert_allclose(net.forward(X), shrink.sum(axis=1), rtol=1e-14, atol=1e-14)
+
+
+@st.composite
+def shift_instances(draw):
+    """A network, points, and the kernels' inputs for FGM / PGD on the pre-activations."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    n, m, d = draw(st.integers(1, 300)), draw(st.integers(1, 12)), draw(st.integers(1, 9))
+    dtype = draw(st.sampled_from(["float64", "float32"]))
+    W = (rng.standard_normal((m, d)) * draw(st.floats(0.1, 2.0))).astype(dtype)
+    X = rng.standard_normal((n, d)).astype(dtype)
+    b = rng.uniform(-0.2, 1.0, m)
+    U = X @ W.T
+    Gp = np.where(np.abs(U) > b, 1.0, 0.0).astype(dtype)  # ReLU: dg/du of the symmetric pair
+    Gp[rng.random(n) < 0.1] = 0  # some rows with J = 0
+    return W, X, U, Gp, rng.choice([-1.0, 1.0], n), draw(st.floats(0.0, 2.0)), rng
+
+
+@given(shift_instances())
+def test_fgm_shift_matches_numpy_reference(inst):
+    from sim import kernels
+    W, X, U, Gp, y, tau, _ = inst
+    A = W @ W.T
+    ref_U, ref_s = naive.fgm_shift(U, Gp, A, y, tau)
+    s = np.empty(len(U))
+    kernels.fgm_shift(U, Gp, A, y, tau, s)
+    tol = 1e-10 if W.dtype == np.float64 else 1e-4
+    assert rel_err(s, ref_s) <= tol and rel_err(U, ref_U) <= tol
+    # it is the FGM: U becomes (X + delta) W^T with delta = s Gp W, |delta| = tau where J != 0
+    delta = ref_s[:, None] * (Gp.astype(np.float64) @ W.astype(np.float64))
+    assert rel_err(U, (X + delta) @ W.T.astype(np.float64)) <= tol
+    J = np.linalg.norm(Gp.astype(np.float64) @ W.astype(np.float64), axis=1)
+    np.testing.assert_allclose(np.linalg.norm(delta, axis=1)[J > 1e-6], tau, rtol=10 * tol, atol=1e-12)
+
+
+@given(shift_instances(), st.floats(0.0, 1.0))
+def test_pgd_update_matches_numpy_reference(inst, alpha):
+    from sim import kernels
+    W, X, U, Gp, y, tau, rng = inst
+    A = W @ W.T
+    delta = rng.standard_normal(X.shape) * rng.uniform(0, 2 * tau + 1e-3, (len(X), 1))
+    P = delta @ W.T.astype(np.float64)
+    nsq = np.einsum("ij,ij->i", delta, delta)
+    ref_P, ref_nsq = naive.pgd_update(Gp, A, P, nsq, y, alpha, tau)
+    kernels.pgd_update(Gp, A, P, nsq, y, alpha, tau)
+    tol = 1e-10 if W.dtype == np.float64 else 1e-4
+    assert rel_err(P, ref_P) <= tol and rel_err(nsq, ref_nsq) <= tol
+    assert np.all(nsq <= tau ** 2 * (1 + 1e-9) + 1e-300)
+
+
+@given(st.integers(1, 40), st.integers(1, 300), st.sampled_from(["float64", "float32"]), st.integers(0, 2**31 - 1))
+def test_row_norms_match_numpy_reference(m, d, dtype, seed):
+    from sim import kernels
+    W = (np.random.default_rng(seed).standard_normal((m, d)) * 3).astype(dtype)
+    got = kernels.row_norms(W)
+    assert got.dtype == np.float64 and rel_err(got, naive.row_norms(W)) <= 1e-13
