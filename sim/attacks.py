@@ -29,7 +29,7 @@ def _check(norm: str, tau: float):
 @dataclass
 class AttackResult:
     name: str
-    x_adv: np.ndarray
+    x_adv: np.ndarray | None  # None where only the margins were computed (evaluate_robustness)
     success: np.ndarray  # bool per sample: y f(x_adv) <= 0
     margin: np.ndarray  # y f(x_adv), per sample
 
@@ -202,6 +202,18 @@ class RobustReport:
 GRADIENT_ATTACKS = ("fgm", "fgsm", "pgd")
 
 
+def _pgd_for_report(model, X, y, tau, norm, steps, restarts, rng) -> AttackResult:
+    """pgd(...) for evaluate_robustness, which needs only the margins: in l2, on a model
+    with `pgd_margins` (the two-layer network: PGD on the pre-activations through W W^T,
+    the same attack and random draws, equal up to rounding, tests/test_attacks.py) when
+    W W^T (m x m) is no larger than an n x m buffer; x_adv is then None."""
+    width = getattr(model, "width", None)
+    if norm == "l2" and hasattr(model, "pgd_margins") and width is not None and width <= len(X):
+        m = model.pgd_margins(X, y, tau, steps=steps, restarts=restarts, rng=rng)
+        return AttackResult(f"pgd{steps}x{restarts}", None, m <= 0, m)
+    return pgd(model, X, y, tau, norm, steps, restarts, rng=rng)
+
+
 def evaluate_robustness(model, X, y, tau, norm="l2", direction=None, pgd_steps=50, pgd_restarts=5,
                         random_draws=10, seed=0) -> RobustReport:
     """Run FGM, PGD (steps x restarts), the dense attack (if a direction is given) and the
@@ -213,7 +225,7 @@ def evaluate_robustness(model, X, y, tau, norm="l2", direction=None, pgd_steps=5
     """
     rng = np.random.default_rng(seed)
     clean_margin = y * model.forward(X)
-    results = [fgm(model, X, y, tau, norm), pgd(model, X, y, tau, norm, pgd_steps, pgd_restarts, rng=rng)]
+    results = [fgm(model, X, y, tau, norm), _pgd_for_report(model, X, y, tau, norm, pgd_steps, pgd_restarts, rng)]
     if direction is not None:
         results.append(dense(model, X, y, tau, direction, norm))
     results.append(random_noise(model, X, y, tau, norm, random_draws, rng=rng))

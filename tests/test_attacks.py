@@ -100,3 +100,28 @@ def test_attacks_work_in_the_precision_of_the_points():
             assert np.all(dist(r.x_adv.astype(np.float64), X, norm) <= tau * (1 + 1e-5))
             r64 = attacks.fgm(net.astype(np.float64), X.astype(np.float64), y, tau, norm)
             assert r64.x_adv.dtype == np.float64
+
+
+class _Plain:
+    """The network seen only through forward / output_gradient (no fast paths)."""
+
+    def __init__(self, net):
+        self.forward, self.output_gradient = net.forward, net.output_gradient
+
+
+def test_robust_report_equals_the_generic_attacks():
+    """evaluate_robustness takes the W W^T path for PGD (l2, width <= n); the report equals
+    the one of the generic attacks on the same model."""
+    rng = np.random.default_rng(3)
+    net = TwoLayerNet(rng.standard_normal((16, 10)), ModelConfig(bias="fixed", bias_value=0.3))
+    X = rng.standard_normal((200, 10))
+    y = np.sign(net.forward(X))
+    fast = attacks._pgd_for_report(net, X, y, 0.4, "l2", 7, 3, np.random.default_rng(1))
+    assert fast.x_adv is None
+    ref = attacks.pgd(net, X, y, 0.4, "l2", 7, 3, rng=np.random.default_rng(1))
+    np.testing.assert_allclose(fast.margin, ref.margin, rtol=1e-9, atol=1e-9)
+    for norm, tau in (("l2", 0.4), ("linf", 0.15)):
+        a = attacks.evaluate_robustness(net, X, y, tau, norm, pgd_steps=7, pgd_restarts=3, random_draws=3)
+        b = attacks.evaluate_robustness(_Plain(net), X, y, tau, norm, pgd_steps=7, pgd_restarts=3, random_draws=3)
+        assert a.per_attack == b.per_attack and np.array_equal(a.broken, b.broken)
+        assert 0 < a.robust_accuracy < 1
