@@ -12,6 +12,7 @@ set of attacks is the share of points that no attack of the set breaks.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,50 +116,124 @@ def fgm(model, X, y, tau, norm="l2") -> AttackResult:
     return _result("fgm" if norm == "l2" else "fgsm", model, X_adv, y)
 
 
+class RandomStarts:
+    """The random starts of PGD's restarts, handed out block by block of rows.
+
+    Restart r (r > 0, or r = 0 when random_start and restarts == 1) starts at
+    random_in_ball(rng, (n, d), norm, tau), drawn from rng restart after restart, as
+    drawing them all at once would; the generator states are copied up front (and rng is
+    advanced past the draws), so that block(r, lo, hi) gives rows lo..hi of that start
+    with O(block) memory. Blocks of a restart must be asked for in increasing row order.
+    """
+
+    _SKIP_ROWS = 256
+
+    def __init__(self, rng: np.random.Generator, restarts: int, random_start: bool, n: int, d: int, norm: str,
+                 tau: float):
+        self.n, self.d, self.norm, self.tau = n, d, norm, tau
+        self.gens = []
+        for r in range(restarts):
+            if not (random_start and (r > 0 or restarts == 1)):
+                self.gens.append(None)
+                continue
+            first = copy.deepcopy(rng)
+            self._skip(rng, "uniform" if norm == "linf" else "normal", d)
+            second = None
+            if norm != "linf":
+                second = copy.deepcopy(rng)
+                self._skip(rng, "random", 1)
+            self.gens.append((first, second))
+
+    def _skip(self, rng, kind, width):
+        for lo in range(0, self.n, self._SKIP_ROWS):
+            shape = (min(self.n, lo + self._SKIP_ROWS) - lo, width)
+            if kind == "uniform":
+                rng.uniform(-self.tau, self.tau, size=shape)
+            elif kind == "normal":
+                rng.standard_normal(shape)
+            else:
+                rng.random(shape)
+
+    def block(self, r: int, out: np.ndarray) -> np.ndarray:
+        """Fill out (the next rows x d) with restart r's start for those rows."""
+        gens = self.gens[r]
+        if gens is None:
+            out[...] = 0
+        elif self.norm == "linf":
+            out[...] = gens[0].uniform(-self.tau, self.tau, size=out.shape)
+        else:
+            g = gens[0].standard_normal(out.shape)
+            g /= np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-300)
+            out[...] = g * (self.tau * gens[1].random((out.shape[0], 1)) ** (1.0 / self.d))
+        return out
+
+
+PGD_BLOCKS = 4  # pgd attacks 1/PGD_BLOCKS of the points at a time (at least 2 row chunks a thread)
+
+
+def _pgd_rows(n: int) -> int:
+    import numba
+
+    from .kernels import CHUNK
+
+    return max(2 * CHUNK * numba.get_num_threads(), -(-n // PGD_BLOCKS))
+
+
 def pgd(model, X, y, tau, norm="l2", steps=50, restarts=5, step_size=None, rng=None,
-        random_start=True) -> AttackResult:
+        random_start=True, block_rows: int | None = None) -> AttackResult:
     """Projected gradient ascent on -y f with random starts and restarts.
 
     Step size: step_size * tau, with step_size = 2.5 / steps by default (Madry et al.),
     halved at 50 % and 75 % of the steps. Restart 0 starts at x (no noise) unless
     random_start and restarts == 1; every other restart starts uniformly in the ball.
     The best point per sample (lowest margin) over all steps and restarts is kept.
-    Works in X's precision with three n x d buffers (best point, delta, x + delta) and
-    the model's own temporaries.
+    Works in X's precision, on block_rows points at a time (default: a quarter of them,
+    see _pgd_rows): the points are attacked independently and the random starts are those
+    of the whole batch (RandomStarts), so the block size changes only the memory held
+    (two block x d buffers and the model's temporaries on a block).
     """
     _check(norm, tau)
     if steps < 1 or restarts < 1:
         raise ValueError(f"steps={steps}, restarts={restarts} are invalid: allowed integers >= 1")
     rng = rng if rng is not None else np.random.default_rng(0)
     X = _float(X)
+    n, d = X.shape
+    y = np.asarray(y, np.float64)
     alpha0 = (step_size if step_size is not None else 2.5 / steps) * tau
+    starts = RandomStarts(rng, restarts, random_start, n, d, norm, tau)
+    rows = min(n, block_rows or _pgd_rows(n))
+    if rows < 1:
+        raise ValueError(f"block_rows={block_rows!r} is invalid: allowed integers >= 1")
     best_x = X.copy()
-    best_m = y * model.forward(X)
-    delta = np.empty_like(X)
-    Xa = np.empty_like(X)
+    best_m = np.empty(n)
+    delta_buf = np.empty((rows, d), X.dtype)
+    xa_buf = np.empty((rows, d), X.dtype)
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        Xb, yb, bx = X[lo:hi], y[lo:hi], best_x[lo:hi]
+        delta, Xa = delta_buf[:hi - lo], xa_buf[:hi - lo]
+        bm = yb * model.forward(Xb)
 
-    def keep_best(f):
-        nonlocal best_m
-        m = y * f
-        better = m < best_m
-        best_m = np.where(better, m, best_m)
-        best_x[better] = Xa[better]
+        def keep_best(f):
+            nonlocal bm
+            m = yb * f
+            better = m < bm
+            bm = np.where(better, m, bm)
+            bx[better] = Xa[better]
 
-    for r in range(restarts):
-        if random_start and (r > 0 or restarts == 1):
-            delta[...] = random_in_ball(rng, X.shape, norm, tau)
-        else:
-            delta[...] = 0
-        for t in range(steps):
-            alpha = alpha0 * (0.5 if t >= steps // 2 else 1.0) * (0.5 if t >= (3 * steps) // 4 else 1.0)
-            np.add(X, delta, out=Xa)
-            J, f = model.output_gradient(Xa)
-            keep_best(f)
-            delta += _ascend_(np.asarray(J, X.dtype), y, alpha, norm)
-            del J
-            _project_(delta, norm, tau)
-        np.add(X, delta, out=Xa)
-        keep_best(model.forward(Xa))
+        for r in range(restarts):
+            starts.block(r, delta)
+            for t in range(steps):
+                alpha = alpha0 * (0.5 if t >= steps // 2 else 1.0) * (0.5 if t >= (3 * steps) // 4 else 1.0)
+                np.add(Xb, delta, out=Xa)
+                J, f = model.output_gradient(Xa)
+                keep_best(f)
+                delta += _ascend_(np.asarray(J, X.dtype), yb, alpha, norm)
+                del J
+                _project_(delta, norm, tau)
+            np.add(Xb, delta, out=Xa)
+            keep_best(model.forward(Xa))
+        best_m[lo:hi] = bm
     return AttackResult(f"pgd{steps}x{restarts}", best_x, best_m <= 0, best_m)
 
 

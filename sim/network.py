@@ -26,6 +26,10 @@ SPARSE_MAX_DENSITY = 0.2
 
 
 FGM_BLOCKS = 8  # fgm_loss_and_grad holds dg/du for 1/FGM_BLOCKS of the rows at a time
+# FGM through W W^T costs |g'_r| m per row against d m for a product with the points, at
+# a lower speed (sparse axpys against BLAS): measured faster at share 0.11 (d = 1024),
+# slower at 0.40 (d = 256).
+FGM_GRAM_MAX_DENSITY = 0.2
 
 
 def _sparse(nnz: int, G: np.ndarray, d: int) -> bool:
@@ -58,13 +62,26 @@ def product_nn(G: np.ndarray, B: np.ndarray, nnz: int) -> np.ndarray:
     return kernels.sparse_nn(G, B, out, tile, kernels.SPARSE_NN_ROWS)
 
 
-def fgm_shift_rows(U, A, B, b, act_args, y, tau):
-    """The l2 FGM on the pre-activations, in place, block by block of rows: (s, g' B).
+def _gram_pays(U, b, act_args, sample_rows: int = 512) -> bool:
+    """Whether the FGM route through W W^T pays: g' = dg/du sparse enough (share of
+    nonzeros <= FGM_GRAM_MAX_DENSITY, estimated on the first rows of U), and W W^T (m x m)
+    no larger than U (n x m), so that memory stays within two n x m buffers."""
+    n, m = U.shape
+    if m > n:
+        return False
+    Gp = U[:sample_rows].copy()
+    _, nnz = kernels.output_grad_stage_nnz(Gp, b, *act_args)
+    return nnz <= FGM_GRAM_MAX_DENSITY * Gp.size
 
-    U = X W^T (n x m) becomes (X + delta) W^T for the FGM points, delta_r = s_r g'_r W
-    with g' = dg/du at X and s_r = -y_r tau / |g'_r W| (kernels.fgm_shift, A = W W^T).
-    Returns s and g' B (B: W gives the input gradients J, C = W M their codes). Only
-    1/FGM_BLOCKS of g' is held at a time.
+
+def fgm_shift_rows(U, A, B, b, act_args, y, tau):
+    """The l2 FGM on the pre-activations, block by block of rows: (s, g' B).
+
+    With A = W W^T: U = X W^T (n x m) becomes, in place, (X + delta) W^T for the FGM
+    points, delta_r = s_r g'_r W with g' = dg/du at X and s_r = -y_r tau / |g'_r W|
+    (kernels.fgm_shift). With A = None, U is left as it is and s_r comes from |g'_r B|
+    (B must then be W). Returns s and g' B (B: W gives the input gradients J, C = W M
+    their codes). Only 1/FGM_BLOCKS of g' is held at a time.
     """
     n = len(U)
     s = np.empty(n)
@@ -74,8 +91,12 @@ def fgm_shift_rows(U, A, B, b, act_args, y, tau):
         hi = min(n, lo + block)
         Gp = U[lo:hi].copy()
         _, nnz = kernels.output_grad_stage_nnz(Gp, b, *act_args)  # g' at X
-        kernels.fgm_shift(U[lo:hi], Gp, A, y[lo:hi], float(tau), s[lo:hi])
+        if A is not None:
+            kernels.fgm_shift(U[lo:hi], Gp, A, y[lo:hi], float(tau), s[lo:hi])
         out[lo:hi] = product_nn(Gp, B, nnz)
+    if A is None:
+        norm = np.linalg.norm(out, axis=1).astype(np.float64)
+        s[:] = np.where(norm > 0, -y * tau / np.where(norm > 0, norm, 1.0), 0.0)
     return s, out
 
 
@@ -218,6 +239,9 @@ class TwoLayerNet:
         perturbed points. The perturbation delta_n = -y_n tau J_n/|J_n| is a combination of
         the rows of W (J_n = g'_n W), so the perturbed pre-activations are U + s_n g'_n W W^T
         (kernels.fgm_shift): one product with X instead of three. Noise is fine; l2 only.
+        Where g' is dense (share of active neurons above FGM_GRAM_MAX_DENSITY, e.g. d = 256
+        at init), g' W W^T costs more than a product with the points, and U is recomputed
+        from them instead (two products, still no separate attack pass).
         """
         if want_bias is None:
             want_bias = self.model.bias == "trained"
@@ -227,9 +251,12 @@ class TwoLayerNet:
         args = self._act_args()
         n = len(X)
         U = self.preactivations(X)
-        s, Xa = fgm_shift_rows(U, gram(self.W), self.W, b, args, y, tau)  # U = (X + delta) W^T; Xa = J
+        fused = _gram_pays(U, b, args)  # then U becomes (X + delta) W^T on the way
+        s, Xa = fgm_shift_rows(U, gram(self.W) if fused else None, self.W, b, args, y, tau)
         Xa *= s.astype(Xa.dtype)[:, None]
         Xa += X  # the FGM points X + s J
+        if not fused:  # g' too dense for the W W^T route: a second product with the points
+            matmul(Xa, self.W.T, out=U)
         f, loss, _, gb, nnz = kernels.backward_stage_nnz(U, y, b, *args, 1.0 / n, want_bias)
         return float(np.sum(loss) / n), product_tn(U, Xa, nnz), gb, f
 

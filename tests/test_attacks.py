@@ -125,3 +125,25 @@ def test_robust_report_equals_the_generic_attacks():
         b = attacks.evaluate_robustness(_Plain(net), X, y, tau, norm, pgd_steps=7, pgd_restarts=3, random_draws=3)
         assert a.per_attack == b.per_attack and np.array_equal(a.broken, b.broken)
         assert 0 < a.robust_accuracy < 1
+
+
+@pytest.mark.parametrize("norm", attacks.NORMS)
+def test_random_starts_by_blocks_are_the_starts_drawn_at_once(norm):
+    n, d, tau = 700, 9, 0.3
+    rng_a, rng_b = np.random.default_rng(11), np.random.default_rng(11)
+    starts = attacks.RandomStarts(rng_a, 3, True, n, d, norm, tau)
+    for r in range(3):
+        got = np.concatenate([starts.block(r, np.empty((min(n, lo + 97) - lo, d))) for lo in range(0, n, 97)])
+        want = np.zeros((n, d)) if r == 0 else attacks.random_in_ball(rng_b, (n, d), norm, tau)
+        np.testing.assert_array_equal(got, want)
+    assert rng_a.random() == rng_b.random()  # rng left where drawing them at once leaves it
+
+
+@settings(max_examples=20, deadline=None)
+@given(problems(), st.integers(1, 15))
+def test_pgd_by_blocks_equals_pgd_at_once(prob, rows):
+    net, X, y, norm, tau, _ = prob
+    a = attacks.pgd(net, X, y, tau, norm, steps=5, restarts=3, rng=np.random.default_rng(2), block_rows=rows)
+    b = attacks.pgd(net, X, y, tau, norm, steps=5, restarts=3, rng=np.random.default_rng(2), block_rows=len(X))
+    np.testing.assert_allclose(a.margin, b.margin, rtol=1e-10, atol=1e-10)
+    assert np.all(dist(a.x_adv, X, norm) <= tau * (1 + 1e-9) + 1e-12)

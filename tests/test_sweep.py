@@ -156,7 +156,7 @@ def test_killed_sweep_resumes_to_the_same_table(reference, tmp_path):
     try:
         while not list(out.glob("cells/*/result.json")):
             assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.time() - t0 < 60
+            assert time.time() - t0 < 600  # a guard against a hang (a cold Numba cache on a busy machine is slow)
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -170,7 +170,7 @@ def test_killed_sweep_resumes_to_the_same_table(reference, tmp_path):
     (d / "metrics_clean.jsonl").write_text('{"step": 0, "loss"')
     (d / "result.json").write_text('{"status": "ok", "rows": [')
     (d / ".result.json.abc.tmp").write_text("{")
-    res = subprocess.run(cmd[:-1], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(cmd[:-1], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     assert "6 of 6 cells finished" in res.stdout and "already done" in res.stdout
     assert table_bytes(out) == table_bytes(ref_out)
@@ -221,7 +221,7 @@ def test_dask_local_cluster_gives_the_same_table_as_the_local_run(tmp_path):
         path = spec_file(tmp_path)
         res = subprocess.run([sys.executable, "-m", "sim.sweep", "sweep", str(path), "--out", str(tmp_path / "cli"),
                               "--scheduler", cluster.scheduler_address, "--quiet"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=120)
+                             text=True, timeout=600)
     assert local.failed == [] and summary.failed == [] and summary.ran == 8
     rows = store.read_table(tmp_path / "dask")
     assert {"certified_acc", "robust_acc", "purified_share"} <= {r["metric"] for r in rows}

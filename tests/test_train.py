@@ -113,11 +113,16 @@ def test_killed_run_leaves_finished_snapshots_readable(tmp_path):
     assert len(rows) >= 15 and [r["step"] for r in rows] == list(range(len(rows)))
 
 
+@pytest.mark.parametrize("route", ["gram", "points"])
 @pytest.mark.parametrize("bias", ["relative", "trained"])
 @pytest.mark.parametrize("activation", ["relu", "smooth_relu"])
-def test_fused_fgm_training_equals_the_plain_path(bias, activation):
-    """Perturb.loss_and_grad (FGM l2 through W W^T, in row blocks) equals attack-then-step."""
+def test_fused_fgm_training_equals_the_plain_path(bias, activation, route, monkeypatch):
+    """Perturb.loss_and_grad (FGM l2 in one pass, through W W^T or through the points, in
+    row blocks) equals attack-then-step."""
+    from sim import network
     from sim.adversarial import make_perturb
+
+    monkeypatch.setattr(network, "FGM_GRAM_MAX_DENSITY", 1.0 if route == "gram" else -1.0)
     from sim.data import Problem
     from sim.network import TwoLayerNet
     from sim.train import gradient_descent
