@@ -640,8 +640,10 @@ def _versions():
     import numba
     import torch
 
+    from .run import code_version
+
     return {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
-            "torch": torch.__version__}
+            "torch": torch.__version__, "sim_commit": code_version()}
 
 
 # ---------------------------------------------------------------------------------------------

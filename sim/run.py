@@ -21,12 +21,29 @@ from .rundir import MetricsLog, array_digest, atomic_save_npz, atomic_write_json
 from .train import evaluate, gradient_descent
 
 
+def code_version() -> str | None:
+    """The git commit of the checkout sim runs from ('+dirty' if sim/ has changes), or None."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "sim"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def versions() -> dict:
     import numba
     import scipy
 
     return {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
-            "scipy": scipy.__version__, "machine": platform.machine()}
+            "scipy": scipy.__version__, "machine": platform.machine(), "sim_commit": code_version()}
 
 
 def save_net(path: Path, net: TwoLayerNet, step: int | None = None) -> None:
