@@ -370,6 +370,9 @@ class SparseNet:
 # FGM (l2) and adversarial training
 
 
+FGM_BLOCKS = 4  # fgm_loss_and_grad works on 1/FGM_BLOCKS of the samples at a time
+
+
 def fgm_loss_and_grad(net: SparseNet, codes: Codes, y: np.ndarray, tau: float, want_bias: bool | None = None,
                       A: np.ndarray | None = None):
     """The loss and gradient at the FGM (l2) points of radius tau, without forming x.
@@ -377,21 +380,37 @@ def fgm_loss_and_grad(net: SparseNet, codes: Codes, y: np.ndarray, tau: float, w
     Equals, up to rounding, the dense path's
     `net.loss_and_grad(attacks.fgm(net, X, y, tau, "l2").x_adv, y)` with grad_CT = (grad_W M)^T.
     Returns (loss, grad_CT, grad_b, f_adv). A = C C^T may be passed if already computed.
+    The perturbations are dense in the dictionary basis (Delta = diag(s) g' C), so this
+    runs on FGM_BLOCKS blocks of samples in turn, summing their gradients in block order:
+    besides W W^T and C, only a block's pre-activations and perturbations are held.
     """
     if want_bias is None:
         want_bias = net.model.bias == "trained"
     y = np.asarray(y, np.float64)
     b = net.bias()
     args = net._act_args()
-    U = net.preactivations(codes)
+    n = len(codes)
     A = net.gram() if A is None else A
-    s, Delta = fgm_shift_rows(U, A, net.C(), b, args, y, tau)  # U = pre-activations at x + delta
-    del A
-    Delta *= s.astype(Delta.dtype)[:, None]  # Delta = diag(s) g' C: the perturbations in the dictionary basis
-    f, loss, _, gb, nnz = kernels.backward_stage_nnz(U, y, b, *args, 1.0 / len(codes), want_bias)
-    grad = net.grad_from_G(codes, U)  # Z^T G_adv
-    grad += product_tn(U, Delta, nnz).T  # + Delta^T G_adv
-    return float(np.sum(loss) / len(codes)), grad, gb, f
+    C = net.C()
+    grad = np.zeros(net.CT.shape, net.CT.dtype)
+    gb = np.zeros(net.width)
+    f = np.empty(n)
+    loss = 0.0
+    rows = max(kernels.CHUNK, -(-n // FGM_BLOCKS))
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        cb, yb = codes.rows(lo, hi), y[lo:hi]
+        U = net.preactivations(cb)
+        s, Delta = fgm_shift_rows(U, A, C, b, args, yb, tau)  # U = pre-activations at x + delta
+        Delta *= s.astype(Delta.dtype)[:, None]  # Delta = diag(s) g' C: the perturbations in the dictionary basis
+        f[lo:hi], loss_b, _, gb_b, nnz = kernels.backward_stage_nnz(U, yb, b, *args, 1.0 / n, want_bias)
+        grad += net.grad_from_G(cb, U)  # Z^T G_adv
+        grad += product_tn(U, Delta, nnz).T  # + Delta^T G_adv
+        loss += float(np.sum(loss_b))
+        if want_bias:
+            gb += gb_b
+        del U, Delta
+    return loss / n, grad, gb, f
 
 
 @dataclass
