@@ -931,20 +931,23 @@ def _run_local(todo, workers, threads, on_result):
     pool = new_pool()
     try:
         while queue or suspects or inflight:
-            if suspects:
-                if not inflight:
-                    p = suspects.popleft()
-                    inflight[pool.submit(_job, p.config.to_dict(), threads)] = (p, True)
-            else:
-                while queue and len(inflight) < workers:
-                    p = queue.popleft()
-                    inflight[pool.submit(_job, p.config.to_dict(), threads)] = (p, False)
-            done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-            if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
-                done, _ = wait(list(inflight))  # every other future of a broken pool fails too
+            broken = False
+            try:  # a cell leaves its queue only once submitted
+                if suspects:
+                    if not inflight:
+                        inflight[pool.submit(_job, suspects[0].config.to_dict(), threads)] = (suspects[0], True)
+                        suspects.popleft()
+                else:
+                    while queue and len(inflight) < workers:
+                        inflight[pool.submit(_job, queue[0].config.to_dict(), threads)] = (queue[0], False)
+                        queue.popleft()
+            except BrokenProcessPool:  # a worker died since the last wait
                 broken = True
-            else:
-                broken = False
+            if not broken:
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                broken = any(isinstance(f.exception(), BrokenProcessPool) for f in done)
+            if broken:
+                done, _ = wait(list(inflight))  # every other future of a broken pool fails too
             for f in done:
                 p, alone = inflight.pop(f)
                 exc = f.exception()
