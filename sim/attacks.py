@@ -47,10 +47,7 @@ def _result(name, model, X_adv, y):
 
 def project(delta: np.ndarray, norm: str, tau: float) -> np.ndarray:
     """Euclidean projection of each row of delta onto the ball of radius tau."""
-    if norm == "linf":
-        return np.clip(delta, -tau, tau)
-    n = np.linalg.norm(delta, axis=1, keepdims=True)
-    return delta * np.minimum(1.0, tau / np.maximum(n, 1e-300))
+    return _project_(np.array(delta, dtype=np.result_type(delta, np.float32)), norm, tau)
 
 
 def steepest(g: np.ndarray, norm: str) -> np.ndarray:

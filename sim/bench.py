@@ -637,13 +637,11 @@ def run_bench(cfg: BenchConfig) -> dict:
 
 
 def _versions():
-    import numba
     import torch
 
-    from .run import code_version
+    from .run import versions
 
-    return {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
-            "torch": torch.__version__, "sim_commit": code_version()}
+    return versions() | {"torch": torch.__version__}
 
 
 # ---------------------------------------------------------------------------------------------

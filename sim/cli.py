@@ -111,6 +111,11 @@ def main(argv=None) -> int:
     from .bench import add_bench_command
 
     add_bench_command(sub)
+    return run(parser, argv)
+
+
+def run(parser: argparse.ArgumentParser, argv=None) -> int:
+    """Parse argv and run the chosen command; a ConfigError is printed, exit status 2."""
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -375,6 +375,21 @@ def sparse_nn(G, B, out, tile, rows):
 # without forming the perturbed points.
 
 
+@njit(cache=True, inline="always")
+def _row_times(Gp, r, A, ids, vs, out):
+    """out = Gp[r] A over the nonzeros of Gp[r], gathered in neuron order into ids/vs;
+    returns their count (the shared first half of fgm_shift and pgd_update)."""
+    k = 0
+    for i in range(Gp.shape[1]):
+        g = Gp[r, i]
+        ids[k] = i
+        vs[k] = g
+        k += g != 0
+    out[:] = 0
+    _axpy_list(out, ids, vs, k, A)
+    return k
+
+
 @njit(cache=True, parallel=True)
 def fgm_shift(U, Gp, A, y, tau, s_out):
     """In place U[r] += s_r * (Gp[r] A), with s_r = -y_r tau / |J_r| and
@@ -391,14 +406,7 @@ def fgm_shift(U, Gp, A, y, tau, s_out):
         ids = np.empty(m, np.int64)
         vs = np.empty(m, A.dtype)
         for r in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            k = 0
-            for i in range(m):
-                g = Gp[r, i]
-                ids[k] = i
-                vs[k] = g
-                k += g != 0
-            P[:] = 0
-            _axpy_list(P, ids, vs, k, A)
+            k = _row_times(Gp, r, A, ids, vs, P)
             nsq = 0.0
             for e in range(k):
                 nsq += np.float64(vs[e]) * np.float64(P[ids[e]])
@@ -427,14 +435,7 @@ def pgd_update(Gp, A, P, nsq, y, alpha, tau):
         ids = np.empty(m, np.int64)
         vs = np.empty(m, A.dtype)
         for r in range(ch * CHUNK, min(n, (ch + 1) * CHUNK)):
-            k = 0
-            for i in range(m):
-                g = Gp[r, i]
-                ids[k] = i
-                vs[k] = g
-                k += g != 0
-            Q[:] = 0
-            _axpy_list(Q, ids, vs, k, A)
+            k = _row_times(Gp, r, A, ids, vs, Q)
             jn2 = 0.0
             gp = 0.0
             for e in range(k):

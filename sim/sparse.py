@@ -116,14 +116,8 @@ class Codes:
 def _codes_preacts(CT, indptr, indices, values, out):
     """out[r, :] = sum_e values[e] * CT[indices[e], :] over the atoms of sample r, in order
     (values in the dtype of CT)."""
-    n = len(indptr) - 1
-    m = CT.shape[1]
-    for r in prange(n):
-        o = out[r]
-        for i in range(m):
-            o[i] = 0
-        lo, hi = indptr[r], indptr[r + 1]
-        kernels._axpy_list(o, indices[lo:hi], values[lo:hi], hi - lo, CT)  # ((0 + v0 c0) + v1 c1) + ...
+    for r in prange(len(indptr) - 1):
+        _row_preacts(CT, indptr, indices, values, r, out[r])
     return out
 
 
@@ -150,10 +144,9 @@ def _codes_tn(G, atom_ptr, rows, values, out):
 
 
 @njit(cache=True, inline="always")
-def _row_preacts(CT, indptr, indices, values, r, u):
-    """u[0, :] = sum_e values[e] * CT[indices[e], :] over the atoms of sample r, in order
-    (the same operations as _codes_preacts)."""
-    o = u[0]
+def _row_preacts(CT, indptr, indices, values, r, o):
+    """o[:] = sum_e values[e] * CT[indices[e], :] over the atoms of sample r, in order:
+    ((0 + v0 c0) + v1 c1) + ..."""
     for i in range(o.shape[0]):
         o[i] = 0
     lo, hi = indptr[r], indptr[r + 1]
@@ -177,7 +170,7 @@ def _step_rows(CT, indptr, indices, values, y, b, act, q, rho, scale, want_bias,
         u = np.empty((1, m), CT.dtype)
         e = c * kernels.CHUNK * m
         for r in range(c * kernels.CHUNK, min(n, (c + 1) * kernels.CHUNK)):
-            _row_preacts(CT, indptr, indices, values, r, u)
+            _row_preacts(CT, indptr, indices, values, r, u[0])
             kernels._backward_rows(u, y[r:r + 1], b, act, q, rho, scale, want_bias, part, c, 0, 1,
                                    f[r:r + 1], loss[r:r + 1], dldf[r:r + 1])
             start[r] = e

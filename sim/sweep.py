@@ -1071,12 +1071,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.sweep")
     sub = parser.add_subparsers(dest="command", required=True)
     add_sweep_commands(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from .cli import run
+
+    return run(parser, argv)
 
 
 if __name__ == "__main__":
