@@ -1,5 +1,5 @@
 """The engine against NumPy, PyTorch and the BLAS limit, and the sparse path against the
-dense one: a script wrapper of `python -m sim bench` (sim/bench.py holds the harness).
+dense one: a script wrapper of `python -m sim bench` (sim/bench/ holds the harness).
 
     python benchmarks/bench_engine.py                       # the goal cells (about 30 min on 2 cores)
     python benchmarks/bench_engine.py --quick               # a minute or two
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sim.bench import main  # noqa: E402
+from sim.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -1,7 +1,7 @@
 """The main costs of `python -m sim verify` at its default scale, before and after a change.
 
 A full `sim verify` takes too long to time repeatedly on a shared machine, so this times
-its main costs with the defaults of sim.verify.VerifyConfig (d = 256, N = 6000, m = 512,
+its main costs with the defaults of sim.experiments.verify.VerifyConfig (d = 256, N = 6000, m = 512,
 float32):
 
 - clean: clean training, 300 full-batch steps (sim.run.train_clean: data, training, the
@@ -42,9 +42,14 @@ def measure(fgm_steps: int = 5, eval_points: int = 1000, skip_eval: bool = False
     import numpy as np
 
     from sim import attacks
-    from sim.adversarial import make_perturb
-    from sim.run import train_clean
-    from sim.verify import VerifyConfig
+    try:  # the package layout (sim/train, sim/experiments) ...
+        from sim.experiments.verify import VerifyConfig
+        from sim.train.adversarial import make_perturb
+        from sim.train.clean import train_clean
+    except ImportError:  # ... or the flat one of the commits before it, to compare against them
+        from sim.adversarial import make_perturb
+        from sim.run import train_clean
+        from sim.verify import VerifyConfig
 
     vc = VerifyConfig()  # its `run` (data, model, training) is the same in both versions
     out = {"sim": str(Path(sys.modules["sim"].__file__).parent)}

@@ -12,13 +12,14 @@ import hashlib
 import io
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from sim.common.files import atomic_save_npz
 
 JPEG_NAME = "cifar10-jpeg-q75.npz"
 BATCHES_NAME = "cifar-10-batches-py"
@@ -137,28 +138,6 @@ def verify_checksum(path: Path) -> tuple[str, bool]:
                 raise DataError(f"{path}: checksum mismatch (SHA256SUMS says {parts[0]}, file has {sha}); the file is corrupt or altered")
             return sha, True
     return sha, False
-
-
-def default_file_mode() -> int:
-    """0o666 minus the umask: what open() would have given (mkstemp gives 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write an uncompressed npz via a temporary file and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- subsets

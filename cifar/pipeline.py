@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,8 @@ import torch
 
 from cifar import figures
 from cifar.attacks import check_threat
-from cifar.data import atomic_save_npz, default_file_mode, load_cifar10
+from cifar.data import load_cifar10
+from sim.common.files import atomic_save_npz, atomic_write_text, atomic_write_via
 from cifar.evaluate import EnsembleConfig, MaskingConfig, clean_accuracy, ensemble_attack, masking_checks, pgd_accuracy, threat_key
 from cifar.lowrank import add_lowrank, count_trainable, delta_stats, lowrank_modules, merge_lowrank
 from cifar.measures import compare
@@ -185,31 +185,8 @@ def get_preset(name: str, norm: str | None = None, eps: float | None = None, ran
 # --------------------------------------------------------------------------- helpers
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_via(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _cpu_state(net) -> dict:

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NORMS = ("l2", "linf")
+from .common.norms import NORMS, check_norm  # noqa: F401 - NORMS re-exported
+from .common.validation import ConfigError
 
 
 def _check(norm: str, tau: float):
-    if norm not in NORMS:
-        raise ValueError(f"norm={norm!r} is invalid: allowed 'l2', 'linf'")
+    check_norm(norm)
     if not (np.isfinite(tau) and tau >= 0):
-        raise ValueError(f"tau={tau!r} is invalid: allowed values in [0, inf)")
+        raise ConfigError(f"tau={tau!r} is invalid: allowed values in [0, inf)")
 
 
 @dataclass
@@ -171,7 +171,7 @@ PGD_BLOCKS = 4  # pgd attacks 1/PGD_BLOCKS of the points at a time (at least 2 r
 def _pgd_rows(n: int) -> int:
     import numba
 
-    from .kernels import CHUNK
+    from .model.kernels import CHUNK
 
     return max(2 * CHUNK * numba.get_num_threads(), -(-n // PGD_BLOCKS))
 

@@ -1,4 +1,9 @@
-"""Command line: `python -m sim train|verify|sweep|plot|bench ...`."""
+"""Command line: `python -m sim train|verify|sweep|plot|bench|lowerbound ...`.
+
+The only argparse in sim: every subcommand's options are here; the packages take plain
+arguments. A ConfigError (a bad parameter, named in the message) is printed on one line and
+the exit status is 2. Nothing here imports torch (bench loads it when it runs).
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,22 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError, RunConfig
+from .common.overrides import apply_sets, parse_assignment
+from .common.validation import ConfigError
 
 
-def parse_assignment(text: str) -> tuple[list[str], object]:
-    """'data.d=512' -> (['data', 'd'], 512); values are read as JSON, else kept as strings."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected SECTION.FIELD=VALUE, e.g. data.d=512")
-    key, raw = text.split("=", 1)
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def config_from_args(base: dict, sets: list[str]) -> RunConfig:
+def config_from_args(base: dict, sets: list[str]):
     """A RunConfig from a base dict plus --set overrides (validated, errors name the field)."""
     d = json.loads(json.dumps(base))
     for text in sets:
@@ -29,11 +23,13 @@ def config_from_args(base: dict, sets: list[str]) -> RunConfig:
         if len(path) != 2 or path[0] not in ("data", "model", "train"):
             raise ConfigError(f"--set {text!r}: the key must be data.FIELD, model.FIELD or train.FIELD")
         d.setdefault(path[0], {})[path[1]] = value
+    from .model.config import RunConfig
+
     return RunConfig.from_dict(d)
 
 
 def _cmd_train(args) -> int:
-    from .run import train_clean
+    from .train.clean import train_clean
 
     base = json.loads(Path(args.config).read_text()) if args.config else {}
     cfg = config_from_args(base, args.set)
@@ -45,28 +41,17 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from .report import claims_table
-    from .verify import VerifyConfig, quick_config, run_verify
+    from .experiments.report import claims_table
+    from .experiments.verify import VerifyConfig, quick_config, run_verify
 
     vc = quick_config() if args.quick else VerifyConfig()
     if args.config:
         vc = VerifyConfig.from_dict({**vc.to_dict(), **json.loads(Path(args.config).read_text())})
     if args.set:
-        d = vc.to_dict()
-        for text in args.set:
-            path, value = parse_assignment(text)
-            node = d
-            for key in path[:-1]:
-                if key not in node or not isinstance(node[key], dict):
-                    raise ConfigError(f"--set {text!r}: unknown section {key!r}")
-                node = node[key]
-            if path[-1] not in node:
-                raise ConfigError(f"--set {text!r}: unknown parameter {'.'.join(path)!r}")
-            node[path[-1]] = value
-        vc = VerifyConfig.from_dict(d)
+        vc = VerifyConfig.from_dict(apply_sets(vc.to_dict(), args.set))
     out = Path(args.out)
     if args.scaling:
-        from .scaling import ScalingConfig, run_scaling
+        from .experiments.scaling import ScalingConfig, run_scaling
 
         sc = ScalingConfig(ds=(32, 64, 128), n_eval=200) if args.quick else ScalingConfig()
         doc = run_scaling(vc, sc, out / "scaling", quiet=args.quiet)
@@ -75,12 +60,179 @@ def _cmd_verify(args) -> int:
         return 0
     doc = run_verify(vc, out, quiet=args.quiet)
     if args.json:
-        from .rundir import atomic_write_json
+        from sim.common.files import atomic_write_json
 
         atomic_write_json(Path(args.json), doc)
     print(claims_table(doc["claims"]))
     holds = sum(c["holds"] for c in doc["claims"])
     print(f"\n{holds} of {len(doc['claims'])} claims hold; {doc['timings']['total']:.0f} s; report: {out / 'report.md'}")
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from .sweep import load_spec, run_sweep
+    from .sweep.executors import _jsonable, _unique
+
+    spec = load_spec(args.spec)
+    out = Path(args.out) if args.out else Path("runs") / "sweeps" / spec.name
+    if args.dry_run:
+        for p in spec.points:
+            print(f"{p.hash}  seed={p.seed}  {p.label}  {json.dumps(_jsonable(p.assignments))}")
+        print(f"{len(_unique(spec.points))} cells; would write {out}")
+        return 0
+    summary = run_sweep(spec, out, workers=args.workers, threads=args.threads, scheduler=args.scheduler,
+                        quiet=args.quiet, command=_command(args), retry_failed=not args.no_retry_failed)
+    print(summary.text())
+    return 1 if summary.failed else 0
+
+
+def _command(args) -> str:
+    parts = ["python -m sim sweep", args.spec]
+    for flag in ("out", "workers", "threads", "scheduler"):
+        v = getattr(args, flag)
+        if v is not None:
+            parts.append(f"--{flag} {v}")
+    if args.quiet:
+        parts.append("--quiet")
+    return " ".join(parts)
+
+
+def _cmd_plot(args) -> int:
+    from .sweep.plot import plot_results
+
+    written = plot_results(args.results, args.out, prefix=args.prefix, command=" ".join(
+        ["python -m sim plot", args.results] + (["--out", args.out] if args.out != "figures" else [])
+        + (["--prefix", args.prefix] if args.prefix else [])))
+    for w in written:
+        print(w)
+    return 0
+
+
+def add_sweep_commands(subparsers) -> None:
+    """Register `sweep` and `plot` on the subparsers of `python -m sim`."""
+    from . import sweep
+
+    s = subparsers.add_parser("sweep", help="a grid of runs over config fields and seeds, resumable, in parallel",
+                              description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("spec", help="the sweep spec (TOML), e.g. sweeps/scaling.toml")
+    s.add_argument("--out", help="sweep directory (default runs/sweeps/NAME)")
+    s.add_argument("--workers", type=int, help="local worker processes (default: as many as cores / threads; "
+                                               "0: in this process, one cell at a time)")
+    s.add_argument("--threads", type=int, help="Numba threads per worker (default: cores / workers; 1 on Dask)")
+    s.add_argument("--scheduler", help="a Dask distributed scheduler address, e.g. tcp://host:8786")
+    s.add_argument("--dry-run", action="store_true", help="validate the spec and list the cells, run nothing")
+    s.add_argument("--no-retry-failed", action="store_true", help="leave the cells that failed before as they are")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_sweep)
+    p = subparsers.add_parser("plot", help="the standard figures of a sweep, as PNG and SVG with sidecars")
+    p.add_argument("results", help="a sweep directory (or its results.csv)")
+    p.add_argument("--out", default="figures", help="folder of the figures (default figures)")
+    p.add_argument("--prefix", help="file name prefix (default: the sweep's name)")
+    p.set_defaults(func=_cmd_plot)
+
+
+def _sizes(text: str) -> list:
+    from .bench.config import parse_sizes
+
+    try:
+        return parse_sizes(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_bench_command(subparsers) -> argparse.ArgumentParser:
+    """Add `bench` to the `python -m sim` subcommands (sim.bench loads torch only when it runs)."""
+    from . import bench
+    from .bench.config import IMPLS, OPS, PRESETS
+
+    b = subparsers.add_parser("bench", help="time the engine against NumPy, PyTorch and the BLAS limit",
+                              description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("--preset", choices=sorted(PRESETS), help="goal (default): d=1024 N=10000 float32 and the "
+                   "sparse d=4096 k=4 cell; grid: d in 256,1024,4096 x N in 5000,50000 x float32,float64; quick")
+    b.add_argument("--quick", action="store_true", help="the quick preset: small, a minute or two")
+    b.add_argument("--sizes", type=_sizes_text, help="cells as DxN,DxN (m = 2d), e.g. 1024x10000,2048x20000; "
+                   "overrides the preset")
+    b.add_argument("--dtypes", help="float32,float64 (default float32 with --sizes; the preset's otherwise); "
+                   "the sparse cell uses the first")
+    b.add_argument("--sparse", help="the sparse cell as DxNxK, e.g. 4096x10000x4")
+    b.add_argument("--no-sparse", action="store_true", help="skip the sparse cell")
+    b.add_argument("--no-dense", action="store_true", help="skip the dense cells (only the sparse cell)")
+    b.add_argument("--ops", help=f"subset of {','.join(OPS)}")
+    b.add_argument("--impls", help=f"subset of {','.join(IMPLS)} (engine always runs)")
+    b.add_argument("--repeats", type=int, default=0, help="timed repeats per implementation (default 5; quick 2)")
+    b.add_argument("--sparse-repeats", type=int, default=0,
+                   help="timed repeats in the sparse cell, whose dense side is slow (default min(repeats, 3))")
+    b.add_argument("--threads", type=int, default=0, help="threads for every implementation (default: all cores)")
+    b.add_argument("--n-eval", type=int, default=0, help="points attacked by pgd20 (default 1000; quick 300)")
+    b.add_argument("--warm-steps", type=int, default=0,
+                   help="gradient steps before timing (0: time at the init; larger: a sparser, trained state)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", help="also write the results to this JSON file")
+    b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    b.set_defaults(func=_cmd_bench)
+    return b
+
+
+def _sizes_text(text: str) -> str:
+    _sizes(text)  # checked here, so that a bad --sizes is a usage error
+    return text
+
+
+def bench_config_from_args(args):
+    from .bench.config import bench_config
+
+    return bench_config(args.preset, args.quick, args.sizes, args.dtypes, args.sparse, args.no_sparse, args.no_dense,
+                        args.ops, args.impls, args.repeats, args.threads, args.n_eval, args.warm_steps, args.seed,
+                        args.quiet, args.sparse_repeats)
+
+
+def _cmd_bench(args) -> int:
+    from .bench.harness import run_bench
+
+    doc = run_bench(bench_config_from_args(args))
+    if args.json:
+        from .common.files import atomic_write_json
+
+        atomic_write_json(Path(args.json), doc)
+    return 0
+
+
+def add_lowerbound_command(subparsers) -> None:
+    """`python -m sim lowerbound` (also `python -m sim.lowerbound`): claim C5's table."""
+    lb = subparsers.add_parser("lowerbound", help="claim C5: the lower-bound table (linear, polynomial, NTK models)")
+    lb.add_argument("--d", type=int, default=256)
+    lb.add_argument("--k", type=float, default=4.0)
+    lb.add_argument("--seed", type=int, default=0)
+    lb.add_argument("--tau", type=float, default=0.25)
+    lb.add_argument("--norm", default="l2")
+    lb.add_argument("--scale", type=float, default=1.0)
+    lb.add_argument("--n-eval", type=int, default=1000)
+    lb.add_argument("--parity", default="odd")
+    lb.add_argument("--factors", default="1,10", help="training-set sizes in units of N, e.g. 1,10")
+    lb.add_argument("--json", help="also write the rows to this file")
+    lb.add_argument("--quiet", action="store_true")
+    lb.set_defaults(func=_cmd_lowerbound)
+
+
+def _cmd_lowerbound(a) -> int:
+    import time
+
+    from .common.files import atomic_write_bytes
+    from .lowerbound.table import format_table, lower_bound_table
+    from .model.config import DataConfig
+    from .model.data import Problem
+
+    cfg = DataConfig(d=a.d, k=a.k, seed=a.seed)
+    problem = Problem.from_config(cfg)
+    t0 = time.perf_counter()
+    rows = lower_bound_table(problem, problem.train_set(), problem.test_set(), a.tau, a.norm, scale=a.scale,
+                             n_eval=a.n_eval, quiet=a.quiet, parity=a.parity,
+                             n_factors=tuple(int(v) for v in a.factors.split(",")))
+    print(f"C5 at d={a.d}, k={a.k:g}, {a.norm} tau={a.tau:g}, parity={a.parity}, scale={a.scale:g}: "
+          f"{time.perf_counter() - t0:.1f} s")
+    print(format_table(rows))
+    if a.json:
+        atomic_write_bytes(Path(a.json), json.dumps(rows, indent=1, default=float).encode())
     return 0
 
 
@@ -98,19 +250,16 @@ def main(argv=None) -> int:
     v.add_argument("--quick", action="store_true", help="a small version (d=64), under a minute")
     v.add_argument("--scaling", action="store_true",
                    help="claim C6: the window of radii over several d (k fixed and k = d^c)")
-    v.add_argument("--config", help="JSON file overriding VerifyConfig fields (sim/verify.py)")
+    v.add_argument("--config", help="JSON file overriding VerifyConfig fields (sim/experiments/verify.py)")
     v.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field, e.g. --set tau_l2=0.2 or --set run.data.d=512 (repeatable)")
     v.add_argument("--out", default="runs/verify", help="output directory (default runs/verify)")
     v.add_argument("--json", help="also write verify.json to this path")
     v.add_argument("--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=_cmd_verify)
-    from .sweep import add_sweep_commands
-
     add_sweep_commands(sub)
-    from .bench import add_bench_command
-
     add_bench_command(sub)
+    add_lowerbound_command(sub)
     return run(parser, argv)
 
 

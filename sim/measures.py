@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .network import TwoLayerNet
+from .model.network import TwoLayerNet
 
 
 def _row_cos(A, B):

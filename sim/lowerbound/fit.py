@@ -23,20 +23,15 @@ import numpy as np
 from scipy.special import expit
 from tqdm.auto import tqdm
 
-from .. import attacks
-from ..config import ConfigError
+from sim import attacks
+from sim.common.norms import NORMS, check_norm  # noqa: F401 - NORMS re-exported
+from sim.common.validation import _fail as fail
 
-NORMS = attacks.NORMS
 PARITIES = ("odd", "full")
 
 
-def fail(name, value, allowed: str):
-    raise ConfigError(f"{name}={value!r} is invalid: allowed {allowed}")
-
-
 def check_norm_tau(norm, tau):
-    if norm not in NORMS:
-        fail("norm", norm, "'l2', 'linf'")
+    check_norm(norm)
     if isinstance(tau, bool) or not isinstance(tau, (int, float, np.floating)) or not (math.isfinite(tau) and tau >= 0):
         fail("tau", tau, "finite values in [0, inf)")
 

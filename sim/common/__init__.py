@@ -1,0 +1,7 @@
+"""Small helpers used across sim (and by cifar): one of each.
+
+validation (ConfigError and the checks that name the parameter), files (atomic writes),
+meta (versions, git commit), threads (Numba/BLAS thread setup), figures (a figure saved
+with a sidecar naming its command and commit), overrides (`--set A.B=VALUE`), norms.
+None of them imports torch or another part of sim.
+"""

@@ -1,0 +1,137 @@
+"""report.md and the figures of `sim verify` (matplotlib, Agg backend)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sim import measures  # noqa: E402
+from sim.common.figures import save_figure  # noqa: E402
+from sim.common.files import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path: Path):
+    save_figure(fig, path)
+
+
+def figure_robust_curves(doc, path):
+    tms = doc["results"]["threat_models"]
+    fig, axes = plt.subplots(1, len(tms), figsize=(5 * len(tms), 3.6), squeeze=False)
+    for ax, (norm, tm) in zip(axes[0], tms.items()):
+        for key, label in (("curve_clean", "clean training"), ("curve_adv", "adversarial training")):
+            pts = tm[key]
+            ax.plot([q["tau"] for q in pts], [q["robust_acc"] for q in pts], "o-", label=label)
+            cert = [q for q in pts if "certified_acc" in q]
+            if cert:
+                ax.plot([q["tau"] for q in cert], [q["certified_acc"] for q in cert], "x--",
+                        label=f"{label}, certified")
+        ax.axvline(tm["tau"], color="grey", ls=":", lw=1)
+        ax.set(xlabel=f"radius ({norm})", ylabel="robust accuracy", ylim=(-0.02, 1.02), title=f"{norm} threat model")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def figure_trace(doc, path):
+    tms = doc["results"]["threat_models"]
+    fig, axes = plt.subplots(1, len(tms), figsize=(5 * len(tms), 3.6), squeeze=False)
+    for ax, (norm, tm) in zip(axes[0], tms.items()):
+        tr = tm["adv_trace"]
+        steps = [t["step"] for t in tr]
+        for key, label in (("dense_cos_mean", "dense-part cosine with w*"), ("purified_share", "purified share"),
+                           ("robust_acc_fgm_dense", "robust acc (FGM, dense)"), ("dense_ratio_mean", "dense/principal norm")):
+            ax.plot(steps, [t[key] for t in tr], "o-", ms=3, label=label)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set(xlabel="adversarial training step", title=f"measures along {norm} adversarial training")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def figure_weights(clean, W_adv, path, threshold=0.5, n_neurons=48, n_atoms=64):
+    """|c_ij| for neurons (rows) sorted by principal atom, atoms (columns), before and after."""
+    p = clean.problem
+    C0 = measures.coefficients(clean.net.W, p.M)
+    Ca = measures.coefficients(W_adv, p.M)
+    keep = np.argsort(-np.linalg.norm(C0, axis=1))[:n_neurons]
+    order = keep[np.argsort(np.argmax(np.abs(C0[keep]), axis=1))]
+    atoms = np.unique(np.concatenate([np.argmax(np.abs(C0[order]), axis=1), np.arange(p.cfg.D)]))[:n_atoms]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, C, title in ((axes[0], C0, "clean training"), (axes[1], Ca, "after adversarial training")):
+        A = np.abs(C[order][:, atoms])
+        A = A / np.maximum(A.max(axis=1, keepdims=True), 1e-300)
+        ax.imshow(A, aspect="auto", cmap="magma", vmin=0, vmax=1)
+        ax.set(title=f"{title}: |M^T w_i| / max", xlabel="atom", ylabel="neuron (sorted by principal atom)")
+    _save(fig, path)
+
+
+def _fmt(v):
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def claims_table(claims) -> str:
+    rows = ["| id | measured | value | threshold | holds |", "| --- | --- | --- | --- | --- |"]
+    for c in claims:
+        rows.append(f"| {c['id']} | {c['description']} | {_fmt(c['value'])} | {c['threshold']} | "
+                    f"{'yes' if c['holds'] else '**no**'} |")
+    return "\n".join(rows)
+
+
+def write_report(doc, clean, out: Path):
+    out = Path(out)
+    figs = out / "figures"
+    figure_robust_curves(doc, figs / "robust_vs_radius.png")
+    figure_trace(doc, figs / "measures_along_training.png")
+    first = next(iter(doc["results"]["threat_models"]))
+    with np.load(out / f"weights_{first}.npz") as z:
+        figure_weights(clean, z["W_adv"], figs / "weights_dictionary_basis.png")
+    cfg = doc["config"]
+    lines = ["# sim verify: feature purification claims", "",
+             f"Data: d={cfg['run']['data']['d']}, k={cfg['run']['data']['k']}, {cfg['run']['data']['dictionary']} "
+             f"dictionary, N={cfg['run']['data']['n_train']}; network m={clean.net.width}, "
+             f"bias {cfg['run']['model']['bias']} (beta={cfg['run']['model']['beta']}); adversarial training "
+             f"{cfg['adv_kind']} ({cfg['adv_mode']}, {cfg['adv_steps']} steps, lr {cfg['adv_lr']}).", "",
+             "## Claims", "", claims_table(doc["claims"]), ""]
+    holds = sum(c["holds"] for c in doc["claims"])
+    lines += [f"{holds} of {len(doc['claims'])} claims hold.", ""]
+    for norm, tm in doc["results"]["threat_models"].items():
+        lines += [f"## {norm}, tau = {tm['tau']:g}", "",
+                  "| network | clean acc | robust acc [certified, best attack] | per attack |", "| --- | --- | --- | --- |"]
+        for key, name in (("clean_net", "clean training"), ("adv_net", "adversarial training"),
+                          ("random_control_net", "random-noise control")):
+            r = tm[key]
+            per = ", ".join(f"{k} {v:.3f}" for k, v in r["per_attack"].items())
+            rob = f"{r['robust_acc']:.3f}"
+            if "certified_acc" in r:
+                rob = f"[{r['certified_acc']:.3f}, {r['robust_acc']:.3f}]"
+            lines.append(f"| {name} | {r['clean_acc']:.3f} | {rob} | {per} |")
+        if "lower_bound" in tm:
+            lines += ["", f"Low-complexity models (C5) at {norm} tau = {tm['tau']:g}:", "",
+                      "| model | training | n_train | clean acc | robust acc | kind |", "| --- | --- | --- | --- | --- | --- |"]
+            for r in tm["lower_bound"]:
+                lines.append(f"| {r['model']} | {r['training']} | {r['n_train'] or '-'} | {r['clean_acc']:.3f} | "
+                             f"{r['robust_acc']:.3f} | {r['robust_kind']} |")
+            lines.append(f"| network | {doc['config']['adv_kind']} adversarial | - | {tm['adv_net']['clean_acc']:.3f} | "
+                         f"{tm['adv_net']['robust_acc']:.3f} | attacked |")
+        for key, name in (("clean_net", "clean"), ("adv_net", "adversarially trained")):
+            r = tm[key]
+            if "certified_acc" in r:
+                line = (f"Certificate, {name} network: [certified, attacked] = [{r['certified_acc']:.3f}, "
+                        f"{r['robust_acc']:.3f}] in {r['certify_seconds']:.1f} s")
+                if r["gap"] > 0.10:
+                    diag = r.get("gap_diagnosis", {})
+                    line += f"; gap {100 * r['gap']:.1f} points > 10: {diag.get('verdict', 'exact verifier not run')}"
+                lines += ["", line + "."]
+        lines += ["", f"Gradient-masking check: clean net: {tm['clean_net']['masking_note']}; "
+                      f"adversarial net: {tm['adv_net']['masking_note']}.", "",
+                  "Purification: " + ", ".join(f"{k} {_fmt(v)}" for k, v in tm["purification"].items()), "",
+                  "Dense parts after adversarial training: " + ", ".join(f"{k} {_fmt(v)}" for k, v in tm["adv_dense"].items()),
+                  ""]
+    lines += ["Dense parts after clean training: " + ", ".join(f"{k} {_fmt(v)}" for k, v in doc["results"]["clean"]["dense"].items()),
+              "", "## Figures", "", "![robust accuracy against radius](figures/robust_vs_radius.png)", "",
+              "![measures along adversarial training](figures/measures_along_training.png)", "",
+              "![weights in the dictionary basis](figures/weights_dictionary_basis.png)", "",
+              "## Timings (s)", "", ", ".join(f"{k} {v:.1f}" for k, v in doc["timings"].items()), ""]
+    atomic_write_bytes(out / "report.md", "\n".join(lines).encode())

@@ -1,0 +1,332 @@
+"""`python -m sim verify`: the main job. Clean training, attacks, adversarial training from
+the clean weights, purification measures, then a table of the claims of SPEC section 4
+(id, what is measured, value, threshold, holds), written with the config and versions to
+verify.json, with report.md and the figures beside it.
+
+Each threat model (l2, and l_inf with the dense orthogonal dictionary) gets its own
+radius, its own adversarial training (FGM / FGSM, the paper's case) and its own random-
+noise control run. A claim that does not hold is reported with its numbers; nothing here
+is tuned to pass.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sim import attacks, measures
+from sim.train.adversarial import make_perturb
+from sim.model.config import (_NESTED, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _check_choice, _check_int,
+                     _check_real, _Frozen)
+from sim.model.network import TwoLayerNet
+from sim.common.files import atomic_write_json
+from sim.train.rundir import MetricsLog
+from sim.common.meta import versions
+from sim.train.clean import CleanRun, train_clean
+from sim.train.loop import gradient_descent
+
+
+@dataclass(frozen=True)
+class VerifyConfig(_Frozen):
+    """What `verify` runs. Defaults are the documented regime (README, 'The regime').
+
+    tau_l2, tau_linf: the radii of the two threat models. adv_*: adversarial training
+    from the clean weights (kind 'fgm' is FGM in l2 and FGSM in l_inf; mode 'online'
+    draws fresh samples each step). n_eval: test points attacked. pgd_steps x
+    pgd_restarts: the PGD of the robust evaluation. radii: multiples of tau for the
+    robust-accuracy-against-radius figure. principal_threshold: see sim.measures.
+    lower_bound: run the C5 models (sim.lowerbound) at budget lower_bound_scale.
+    adv_beta: if set (relative bias only), the bias factor grows linearly from the clean
+    network's beta to adv_beta over the first adv_beta_ramp adversarial steps (the
+    'schedule' bias mode); None keeps the clean network's bias.
+    certify: sound lower bounds (sim.certify) next to every attacked robust accuracy;
+    where they differ by more than 10 points the exact verifier (sim.exact) examines up to
+    exact_samples gap points, exact_time_limit seconds each.
+    """
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(
+        DataConfig(), ModelConfig(init_scale=4e-5), TrainConfig(lr=1.0, steps=300, snapshots=(0,))))
+    norms: tuple = ("l2", "linf")
+    tau_l2: float = 0.25
+    tau_linf: float = 0.02
+    adv_kind: str = "fgm"
+    adv_lr: float = 0.5
+    adv_steps: int = 300
+    adv_mode: str = "online"
+    adv_batch: int = 6000
+    adv_measure_every: int = 50
+    adv_beta: float | None = 0.2
+    adv_beta_ramp: int = 100
+    control_steps: int | None = None
+    n_eval: int = 1000
+    pgd_steps: int = 50
+    pgd_restarts: int = 5
+    radii: tuple = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+    principal_threshold: float = 0.5
+    lower_bound: bool = True
+    lower_bound_scale: float = 1.0
+    certify: bool = True
+    exact_samples: int = 5
+    exact_time_limit: float = 10.0
+
+    def __post_init__(self):
+        if not isinstance(self.run, RunConfig):
+            raise ConfigError(f"run={self.run!r} is invalid: allowed a RunConfig")
+        norms = tuple(self.norms)
+        if not norms or any(n not in attacks.NORMS for n in norms):
+            raise ConfigError(f"norms={norms!r} is invalid: allowed a non-empty subset of ('l2', 'linf')")
+        object.__setattr__(self, "norms", norms)
+        _check_real("tau_l2", self.tau_l2, lo=0, lo_open=True)
+        _check_real("tau_linf", self.tau_linf, lo=0, lo_open=True)
+        _check_choice("adv_kind", self.adv_kind, ("fgm", "pgd"))
+        _check_real("adv_lr", self.adv_lr, lo=0, lo_open=True)
+        _check_int("adv_steps", self.adv_steps, lo=1)
+        _check_choice("adv_mode", self.adv_mode, ("full_batch", "online"))
+        _check_int("adv_batch", self.adv_batch, lo=1)
+        _check_int("adv_measure_every", self.adv_measure_every, lo=1)
+        if self.adv_beta is not None:
+            _check_real("adv_beta", self.adv_beta, lo=0)
+            if self.run.model.bias not in ("relative", "schedule"):
+                raise ConfigError(f"adv_beta={self.adv_beta!r} is invalid with run.model.bias="
+                                  f"{self.run.model.bias!r}: allowed only with 'relative' or 'schedule' biases")
+        _check_int("adv_beta_ramp", self.adv_beta_ramp, lo=1)
+        if self.control_steps is not None:
+            _check_int("control_steps", self.control_steps, lo=1)
+        _check_int("n_eval", self.n_eval, lo=1, hi=self.run.data.n_test)
+        _check_int("pgd_steps", self.pgd_steps, lo=1)
+        _check_int("pgd_restarts", self.pgd_restarts, lo=1)
+        _check_real("principal_threshold", self.principal_threshold, lo=0, hi=1, lo_open=True)
+        _check_real("lower_bound_scale", self.lower_bound_scale, lo=0, lo_open=True)
+        _check_int("exact_samples", self.exact_samples, lo=0)
+        _check_real("exact_time_limit", self.exact_time_limit, lo=0, lo_open=True)
+        object.__setattr__(self, "radii", tuple(self.radii))
+
+    def tau(self, norm: str) -> float:
+        return self.tau_l2 if norm == "l2" else self.tau_linf
+
+
+def quick_config() -> VerifyConfig:
+    """`verify --quick`: the same pipeline on a small problem, under a minute on 2 cores."""
+    return VerifyConfig(
+        run=RunConfig(DataConfig(d=64, k=2.0, n_train=2000, n_test=1000), ModelConfig(init_scale=1e-4),
+                      TrainConfig(lr=1.0, steps=150, snapshots=(0,))),
+        tau_l2=0.3, tau_linf=0.04, adv_steps=100, adv_batch=2000, adv_measure_every=25, n_eval=300,
+        pgd_steps=20, pgd_restarts=2, radii=(0.5, 1.0, 1.5), lower_bound_scale=0.1)
+
+
+_NESTED[("VerifyConfig", "run")] = RunConfig  # so VerifyConfig.from_dict builds the nested RunConfig
+
+
+@dataclass
+class Claim:
+    id: str
+    description: str
+    value: float
+    threshold: str
+    holds: bool
+
+    def to_dict(self):
+        return {"id": self.id, "description": self.description, "value": self.value, "threshold": self.threshold,
+                "holds": bool(self.holds)}
+
+
+def _robust(model, X, y, tau, norm, direction, vc: VerifyConfig, seed=0):
+    return attacks.evaluate_robustness(model, X, y, tau, norm, direction=direction, pgd_steps=vc.pgd_steps,
+                                       pgd_restarts=vc.pgd_restarts, seed=seed)
+
+
+def _report_dict(rep: attacks.RobustReport) -> dict:
+    return {"clean_acc": rep.clean_accuracy, "robust_acc": rep.robust_accuracy, "per_attack": rep.per_attack,
+            "masking_flag": rep.masking_flag, "masking_note": rep.masking_note}
+
+
+def _certify_into(entry: dict, net, X, y, tau, norm, rep, vc: VerifyConfig) -> None:
+    """Add certified_acc, the certificate's time and, for a gap > 10 points, the exact
+    verifier's diagnosis (bound loose or attack weak) to a robust-accuracy entry."""
+    from sim.certify.bounds import certify, certify_gap_diagnosis
+
+    cert = certify(net, X, y, tau, norm, focus=~rep.broken)
+    entry["certified_acc"] = cert.certified_accuracy
+    entry["certify_seconds"] = cert.seconds
+    entry["certified_but_attacked"] = int(np.sum(cert.certified & rep.broken))
+    gap = rep.robust_accuracy - cert.certified_accuracy
+    entry["gap"] = gap
+    if gap > 0.10 and vc.exact_samples > 0:
+        t = time.perf_counter()
+        diag = certify_gap_diagnosis(net, X, y, tau, norm, rep.broken, n_exact=vc.exact_samples, cert=cert,
+                                     time_limit=vc.exact_time_limit)
+        entry["gap_diagnosis"] = {k: v for k, v in diag.items() if isinstance(v, (int, float, str, bool))}
+        entry["exact_seconds"] = time.perf_counter() - t
+
+
+def adversarial_training(clean: CleanRun, vc: VerifyConfig, norm: str, kind: str, steps: int,
+                         quiet: bool, track: bool = True):
+    """Train a copy of the clean net on perturbed points; returns (net, log, trace).
+
+    trace: the purification measures and a light robust accuracy (FGM + dense) every
+    adv_measure_every steps, on a subsample of the test set.
+    """
+    p, te = clean.problem, clean.test
+    tau = vc.tau(norm)
+    net = clean.net.copy()
+    if vc.adv_beta is not None:
+        net.model = net.model.replace(bias="schedule", beta=net.beta, beta_end=vc.adv_beta,
+                                      ramp_steps=vc.adv_beta_ramp)
+    tcfg = TrainConfig(lr=vc.adv_lr, steps=steps, mode=vc.adv_mode, batch_size=vc.adv_batch,
+                       dtype=clean.cfg.train.dtype, eval_every=max(1, steps // 10))
+    trace = []
+    Xs, ys = te.x[:300], te.y[:300]
+
+    def on_snapshot(step, n):
+        if not track:
+            return
+        dm = measures.summarize_dense(n, p.M, p.wstar, Xs, vc.principal_threshold)
+        pm = measures.summarize_purification(clean.net.W, n.W, clean.W_init, p.M, vc.principal_threshold)
+        light = min(attacks.fgm(n, Xs, ys, tau, norm).robust_accuracy,
+                    attacks.dense(n, Xs, ys, tau, p.bayes_direction, norm).robust_accuracy)
+        trace.append({"step": step, "dense_cos_mean": dm["dense_cos_mean"], "dense_ratio_mean": dm["dense_ratio_mean"],
+                      "purified_share": pm["purified_share"], "robust_acc_fgm_dense": light})
+
+    tcfg = tcfg.replace(snapshot_every=vc.adv_measure_every)
+    log = MetricsLog(None)
+    data = clean.train if vc.adv_mode == "full_batch" else None
+    gradient_descent(net, p, data, te, tcfg, perturb=make_perturb(kind, tau, norm, clean.cfg.data), log=log,
+                     on_snapshot=on_snapshot, quiet=quiet, desc=f"{kind} training ({norm})")
+    return net, log, trace
+
+
+def robust_curve(net: TwoLayerNet, clean: CleanRun, vc: VerifyConfig, norm: str, n=300):
+    """Robust accuracy (best of FGM, PGD-20x2 and dense) at each radius in vc.radii x tau."""
+    te = clean.test
+    X, y = te.x[:n], te.y[:n]
+    out = []
+    for r in vc.radii:
+        tau = r * vc.tau(norm)
+        rep = attacks.evaluate_robustness(net, X, y, tau, norm, direction=clean.problem.bayes_direction,
+                                          pgd_steps=20, pgd_restarts=2, random_draws=2)
+        out.append({"tau": tau, "robust_acc": rep.robust_accuracy})
+    return out
+
+
+def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False) -> dict:
+    """The whole pipeline; writes verify.json, report.md and figures/ under out."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    clean = train_clean(vc.run, out / "clean", quiet=quiet)
+    timings["clean_training"] = clean.seconds
+    p, te = clean.problem, clean.test
+    Xe, ye = te.x[:vc.n_eval], te.y[:vc.n_eval]
+    results = {"clean": {"test_acc": clean.log.rows[-1]["test_acc"],
+                         "dense": measures.summarize_dense(clean.net, p.M, p.wstar, Xe, vc.principal_threshold)},
+               "threat_models": {}}
+    claims: list[Claim] = []
+    acc = results["clean"]["test_acc"]
+    claims.append(Claim("C1-clean", "clean network: clean test accuracy", acc, ">= 0.99", acc >= 0.99))
+    dc = results["clean"]["dense"]
+    claims.append(Claim("C2-dense", "clean network: cosine of the neurons' dense parts with w* (mean)",
+                        dc["dense_cos_mean"], ">= 0.3 [ours]", dc["dense_cos_mean"] >= 0.3))
+    for norm in vc.norms:
+        tau = vc.tau(norm)
+        tm = {"tau": tau}
+        t1 = time.perf_counter()
+        rep_clean = _robust(clean.net, Xe, ye, tau, norm, p.bayes_direction, vc)
+        tm["clean_net"] = _report_dict(rep_clean)
+        adv, adv_log, trace = adversarial_training(clean, vc, norm, vc.adv_kind, vc.adv_steps, quiet)
+        rep_adv = _robust(adv, Xe, ye, tau, norm, p.bayes_direction, vc, seed=1)
+        tm["adv_net"] = _report_dict(rep_adv)
+        tm["adv_trace"] = trace
+        control, _, _ = adversarial_training(clean, vc, norm, "random", vc.control_steps or vc.adv_steps, quiet,
+                                             track=False)
+        rep_ctrl = _robust(control, Xe, ye, tau, norm, p.bayes_direction, vc, seed=2)
+        tm["random_control_net"] = _report_dict(rep_ctrl)
+        if vc.certify and clean.net.model.activation == "relu":
+            t2 = time.perf_counter()
+            _certify_into(tm["clean_net"], clean.net, Xe, ye, tau, norm, rep_clean, vc)
+            _certify_into(tm["adv_net"], adv, Xe, ye, tau, norm, rep_adv, vc)
+            timings[f"certify_{norm}"] = time.perf_counter() - t2
+        tm["adv_dense"] = measures.summarize_dense(adv, p.M, p.wstar, Xe, vc.principal_threshold)
+        tm["purification"] = measures.summarize_purification(clean.net.W, adv.W, clean.W_init, p.M,
+                                                             vc.principal_threshold)
+        tm["curve_clean"] = robust_curve(clean.net, clean, vc, norm)
+        tm["curve_adv"] = robust_curve(adv, clean, vc, norm)
+        timings[f"threat_{norm}"] = time.perf_counter() - t1
+        if vc.lower_bound:
+            from sim.lowerbound import lower_bound_table
+
+            t2 = time.perf_counter()
+            tm["lower_bound"] = lower_bound_table(p, clean.train, te, tau, norm, scale=vc.lower_bound_scale,
+                                                  n_eval=vc.n_eval, model_cfg=vc.run.model, quiet=quiet)
+            timings[f"lower_bound_{norm}"] = time.perf_counter() - t2
+        results["threat_models"][norm] = tm
+        np.savez(out / f"weights_{norm}.npz", W_init=clean.W_init, W_clean=clean.net.W, W_adv=adv.W,
+                 W_control=control.W)
+        claims += threat_claims(norm, tau, tm, results["clean"]["dense"], vc)
+        if vc.lower_bound:
+            claims += lower_bound_claims(norm, tau, tm)
+    timings["total"] = time.perf_counter() - t0
+    doc = {"claims": [c.to_dict() for c in claims], "config": vc.to_dict(), "versions": versions(),
+           "results": results, "timings": timings}
+    from .report import write_report
+
+    write_report(doc, clean, out)
+    atomic_write_json(out / "verify.json", doc)
+    return doc
+
+
+def threat_claims(norm, tau, tm, clean_dense, vc) -> list[Claim]:
+    tag = f"{norm} tau={tau:g}"
+    c, a, r = tm["clean_net"], tm["adv_net"], tm["random_control_net"]
+    pur, ad = tm["purification"], tm["adv_dense"]
+    attack_set = f"best of PGD-{vc.pgd_steps}x{vc.pgd_restarts}, FGM, dense, random"
+    ratio = abs(clean_dense["dense_cos_mean"]) / max(abs(ad["dense_cos_mean"]), 1e-12)
+    init_corr = max(pur["init_corr_clean"], pur["init_corr_adv"])
+    return [
+        Claim(f"C1-robust-{norm}", f"clean network: robust accuracy at {tag} ({attack_set})", c["robust_acc"],
+              "<= 0.10", c["robust_acc"] <= 0.10),
+        Claim(f"C3-robust-{norm}", f"{vc.adv_kind.upper()}-trained network: robust accuracy at {tag} ({attack_set})",
+              a["robust_acc"], ">= 0.90", a["robust_acc"] >= 0.90),
+        *([Claim(f"C3-certified-{norm}", f"{vc.adv_kind.upper()}-trained network: certified robust accuracy at {tag}"
+                 " (sound lower bound: any perturbation in the ball)", a["certified_acc"], ">= 0.80",
+                 a["certified_acc"] >= 0.80)] if "certified_acc" in a else []),
+        Claim(f"C3-clean-{norm}", f"{vc.adv_kind.upper()}-trained network: clean accuracy", a["clean_acc"], ">= 0.97",
+              a["clean_acc"] >= 0.97),
+        Claim(f"C3-masking-{norm}", "no gradient masking: non-gradient attacks break <= 1 % of points FGM and PGD miss"
+              " (clean and adversarial networks)", float(c["masking_flag"] or a["masking_flag"]), "== 0",
+              not (c["masking_flag"] or a["masking_flag"])),
+        Claim(f"C2C4-align-{norm}", "|dense-part cosine with w*|: clean / adversarially trained", ratio, ">= 5",
+              ratio >= 5),
+        Claim(f"C4-purified-{norm}", "share of learned neurons with |beta_i w'_i| > |v_i|", pur["purified_share"],
+              ">= 0.80", pur["purified_share"] >= 0.80),
+        Claim(f"C4-init-{norm}", "mean |cos| of clean and adversarial weights with their init (max of the two)",
+              init_corr, "<= 0.20", init_corr <= 0.20),
+        Claim(f"control-{norm}", "random-noise training at the same radius: robust accuracy (must stay low)",
+              r["robust_acc"], "<= 0.50 [ours]", r["robust_acc"] <= 0.50),
+    ]
+
+
+def lower_bound_claims(norm, tau, tm) -> list[Claim]:
+    """C5: trained low-complexity models fail at the radius where the network holds.
+
+    The hand-built ('oracle') cubic is judged on its own: it is a degree-3 polynomial made
+    from M and w*, not trained, and tells whether the class itself can be robust here.
+    """
+    rows = tm["lower_bound"]
+    trained = [r for r in rows if r["training"] != "oracle"]
+    linear = [r["robust_acc"] for r in trained if r["model"] == "linear"]
+    other = [r["robust_acc"] for r in trained if r["model"] != "linear"]
+    net = tm["adv_net"]["robust_acc"]
+    worst = max(linear + other)
+    holds = max(linear, default=0) <= 0.10 and max(other, default=0) <= 0.20 and net >= 0.90
+    out = [Claim(f"C5-{norm}", f"best robust accuracy at {norm} tau={tau:g} of linear (exact), polynomial and NTK models"
+                 f" (clean/adversarial, N and 10N); holds if linear <= 0.10, others <= 0.20 and the network >= 0.90"
+                 f" (network: {net:.3f})", worst, "<= 0.10 linear, <= 0.20 others", holds)]
+    for r in rows:
+        if r["training"] == "oracle":
+            out.append(Claim(f"C5-oracle-{r['model']}-{norm}", f"hand-built (not trained) {r['model']} from M and w*:"
+                             " robust accuracy; the class bound says <= 0.20", r["robust_acc"], "<= 0.20",
+                             r["robust_acc"] <= 0.20))
+    return out

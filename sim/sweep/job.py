@@ -1,0 +1,200 @@
+"""The job of one sweep cell (run_cell) and its worker wrapper (job).
+
+Local worker processes and Dask pickle `job` by reference, as sim.sweep.job.job: keep this
+module and that name stable (a worker imports sim.sweep.job to run it).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+import traceback
+
+import numpy as np
+
+from sim.common.threads import limit_blas_once, set_numba_threads
+
+from .spec import CELL_SCHEMA, CellConfig, config_hash
+
+
+def _row(model, metric, value, norm="", tau=None) -> dict:
+    return {"model": model, "metric": metric, "norm": norm, "tau": None if tau is None else float(tau),
+            "value": float(value)}
+
+
+def _picture(C0: np.ndarray, Ca: np.ndarray, n_neurons=48, n_atoms=64) -> dict:
+    """|c_ij| / max_j |c_ij| of the largest neurons (sorted by principal atom) on the atoms
+    they pick first, for the clean and the adversarially trained weights (as sim.report)."""
+    keep = np.argsort(-np.linalg.norm(C0, axis=1), kind="stable")[:n_neurons]
+    order = keep[np.argsort(np.argmax(np.abs(C0[keep]), axis=1), kind="stable")]
+    principal = np.argmax(np.abs(C0[order]), axis=1)
+    atoms = list(dict.fromkeys(principal.tolist()))
+    atoms += [j for j in range(C0.shape[1]) if j not in set(atoms)][:max(0, n_atoms - len(atoms))]
+    atoms = np.array(sorted(atoms[:n_atoms]))
+    out = {"neurons": order, "atoms": atoms}
+    for name, C in (("clean", C0), ("adv", Ca)):
+        A = np.abs(C[order][:, atoms])
+        out[name] = (A / np.maximum(np.abs(C[order]).max(axis=1, keepdims=True), 1e-300)).astype(np.float32)
+    return out
+
+
+def run_cell(cfg: CellConfig) -> dict:
+    """The job of one cell: train, attack, measure; returns the rows and the records.
+
+    Rows: clean_net / adv_net (and control_net): clean_acc (tau 0), robust_acc and the
+    per-attack accuracies 'attack:NAME' and masking_flag at every radius, certified_acc
+    (if certify), the C2 measures (summarize_dense) and, for adv_net, the C4 measures
+    (summarize_purification); linear_clean / linear_best_robust / linear_bayes: clean_acc
+    and exact robust_acc at every radius; 'c5:MODEL_TRAINING@FN' rows of the lower-bound
+    table. norm is the threat model ('' for the clean network's weight measures), tau the
+    radius of the evaluation (0 for clean accuracy, None for weight measures).
+    """
+    from sim import attacks, measures
+    from sim.common.meta import versions
+    from sim.train.clean import data_summary, train_clean
+    from sim.experiments.verify import adversarial_training
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    timings = {}
+    clean = train_clean(cfg.run, None, quiet=True)
+    timings["clean_training"] = clean.seconds
+    p, te = clean.problem, clean.test
+    train = clean.train if clean.train is not None else p.train_set()
+    Xe, ye = te.x[:cfg.n_eval], te.y[:cfg.n_eval]
+    direction = p.bayes_direction
+    rows = [_row("clean_net", "clean_acc", clean.log.rows[-1]["test_acc"], tau=0.0)]
+    for k, v in measures.summarize_dense(clean.net, p.M, p.wstar, Xe, cfg.principal_threshold).items():
+        rows.append(_row("clean_net", k, v))
+    logs = {"clean": clean.log.rows}
+    pictures, weights = {}, {}
+    if cfg.save_weights:
+        weights.update(W_init=clean.W_init, W_clean=clean.net.W)
+
+    def curve(net, name, norm, taus, seed0):
+        for j, t in enumerate(taus):
+            rep = attacks.evaluate_robustness(net, Xe, ye, t, norm, direction=direction, pgd_steps=cfg.pgd_steps,
+                                              pgd_restarts=cfg.pgd_restarts, random_draws=cfg.random_draws,
+                                              seed=seed0 + j)
+            rows.append(_row(name, "robust_acc", rep.robust_accuracy, norm, t))
+            rows.append(_row(name, "masking_flag", rep.masking_flag, norm, t))
+            for a, v in rep.per_attack.items():
+                rows.append(_row(name, f"attack:{a}", v, norm, t))
+        if cfg.certify and cfg.run.model.activation == "relu":
+            from sim.certify.bounds import certify_radii
+
+            for t, res in zip(taus, certify_radii(net, Xe, ye, taus, norm, cfg.certify_method,
+                                                  steps=cfg.certify_steps)):
+                rows.append(_row(name, "certified_acc", res.certified_accuracy, norm, t))
+
+    for ni, norm in enumerate(cfg.norms):
+        tau = cfg.tau(norm)
+        taus = [r * tau for r in cfg.radii]
+        t1 = time.perf_counter()
+        adv, adv_log, _ = adversarial_training(clean, cfg, norm, cfg.adv_kind, cfg.adv_steps, True, track=False)
+        timings[f"adv_training_{norm}"] = time.perf_counter() - t1
+        logs[f"adv_{norm}"] = adv_log.rows
+        t1 = time.perf_counter()
+        rows.append(_row("adv_net", "clean_acc", adv.accuracy(te.x, te.y), norm, 0.0))
+        curve(clean.net, "clean_net", norm, taus, 1000 * ni)
+        curve(adv, "adv_net", norm, taus, 1000 * ni + 100)
+        timings[f"attacks_{norm}"] = time.perf_counter() - t1
+        for k, v in measures.summarize_dense(adv, p.M, p.wstar, Xe, cfg.principal_threshold).items():
+            rows.append(_row("adv_net", k, v, norm))
+        for k, v in measures.summarize_purification(clean.net.W, adv.W, clean.W_init, p.M,
+                                                    cfg.principal_threshold).items():
+            rows.append(_row("adv_net", k, v, norm))
+        if cfg.control:
+            ctrl, _, _ = adversarial_training(clean, cfg, norm, "random", cfg.control_steps or cfg.adv_steps, True,
+                                              track=False)
+            rows.append(_row("control_net", "clean_acc", ctrl.accuracy(te.x, te.y), norm, 0.0))
+            curve(ctrl, "control_net", norm, [tau], 1000 * ni + 200)
+        if cfg.linear_models:
+            from sim.lowerbound import LinearModel, fit_logistic, fit_robust_logistic
+
+            t1 = time.perf_counter()
+            models = {"linear_clean": fit_logistic(train.x, train.y), "linear_bayes": LinearModel(direction, 0.0)}
+            Xt, yt = np.asarray(te.x, np.float64), np.asarray(te.y, np.float64)
+            for name, model in models.items():
+                rows.append(_row(name, "clean_acc", np.mean(yt * model.forward(Xt) > 0), norm, 0.0))
+                for t in taus:
+                    rows.append(_row(name, "robust_acc", model.exact_robust_accuracy(Xt, yt, t, norm), norm, t))
+            for t in taus:
+                best, _ = fit_robust_logistic(train.x, train.y, t, norm)
+                rows.append(_row("linear_best_robust", "clean_acc", np.mean(yt * best.forward(Xt) > 0), norm, t))
+                rows.append(_row("linear_best_robust", "robust_acc", best.exact_robust_accuracy(Xt, yt, t, norm),
+                                 norm, t))
+            timings[f"linear_{norm}"] = time.perf_counter() - t1
+        if cfg.lower_bound:
+            from sim.lowerbound import lower_bound_table
+
+            t1 = time.perf_counter()
+            for r in cfg.lower_bound_radii:
+                for lb in lower_bound_table(p, train, te, r * tau, norm, scale=cfg.lower_bound_scale,
+                                            n_eval=cfg.n_eval, quiet=True, n_factors=cfg.lower_bound_factors,
+                                            model_cfg=cfg.run.model):
+                    fct = "" if lb["n_train"] is None else f"@{lb['n_train'] // len(train.y)}N"
+                    name = f"c5:{lb['model']}_{lb['training']}{fct}"
+                    rows.append(_row(name, "clean_acc", lb["clean_acc"], norm, 0.0))
+                    rows.append(_row(name, "robust_acc", lb["robust_acc"], norm, r * tau))
+            timings[f"lower_bound_{norm}"] = time.perf_counter() - t1
+        if ni == 0:
+            pictures = _picture(measures.coefficients(clean.net.W, p.M), measures.coefficients(adv.W, p.M))
+        if cfg.save_weights:
+            weights[f"W_adv_{norm}"] = adv.W
+    timings["total"] = time.perf_counter() - t0
+    timings["cpu"] = time.process_time() - cpu0  # CPU seconds of the worker process (all its threads)
+    return {"status": "ok", "schema": CELL_SCHEMA, "hash": config_hash(cfg), "config": cfg.to_dict(), "rows": rows,
+            "data": data_summary(train, te), "timings": timings, "versions": versions(), "host": platform.node(),
+            "logs": logs, "pictures": pictures, "weights": weights}
+
+
+_JOB_LOCK = threading.Lock()
+
+
+def job(cfg_dict: dict, threads: int) -> dict:
+    """Run one cell in a worker (local process or Dask); never raises: an error becomes a
+    failure record. One cell at a time per process (Dask workers may have several threads)."""
+    t0 = time.perf_counter()
+    with _JOB_LOCK:
+        try:
+            _inject_fault(cfg_dict)
+            limit_blas_once()
+            set_numba_threads(threads)
+            return run_cell(CellConfig.from_dict(cfg_dict))
+        except BaseException as exc:  # noqa: BLE001 - a cell's failure must not end the sweep
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
+                    "host": platform.node(), "seconds": time.perf_counter() - t0}
+
+
+FAULT_ENV = "SIM_SWEEP_INJECT_FAULT"
+
+
+def _inject_fault(cfg_dict: dict) -> None:
+    """Fault injection for the tests: SIM_SWEEP_INJECT_FAULT='HASH:raise' makes that cell's
+    job raise, 'HASH:exit' kills its worker process (as a segfault or the OOM killer would)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    h = config_hash(CellConfig.from_dict(cfg_dict))
+    for item in spec.split(","):
+        target, _, kind = item.partition(":")
+        if target == h:
+            if kind == "exit":
+                os._exit(13)
+            raise RuntimeError(f"injected fault in cell {h}")
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    limit_blas_once()
+    set_numba_threads(threads)
+
+    def watchdog():  # a worker whose driver was killed (SIGKILL) exits instead of running on
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watchdog, daemon=True).start()

@@ -1,0 +1,101 @@
+"""Gradient descent on the logistic loss: exact full-batch, or online with fresh samples.
+
+One loop serves clean and adversarial training: an optional `perturb(net, X, y, step)`
+replaces the batch by perturbed points before each gradient step (adversarial
+training), the gradient is otherwise the exact gradient of the mean loss.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sim.model.config import TrainConfig
+from sim.model.data import Dataset, Problem
+from sim.model.network import TwoLayerNet
+from .rundir import MetricsLog
+
+Perturb = Callable[[TwoLayerNet, np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def beta_at(model, step: int) -> float:
+    """The relative bias factor of the 'schedule' mode after `step` updates (linear ramp)."""
+    t = min(1.0, step / model.ramp_steps)
+    return float(model.beta + t * (model.beta_end - model.beta))
+
+
+def evaluate(net: TwoLayerNet, data: Dataset) -> dict:
+    """Clean loss and accuracy of net on a data set."""
+    f = net.forward(data.x)
+    margin = data.y * f
+    return {"loss": float(np.mean(np.logaddexp(0.0, -margin))), "acc": float(np.mean(margin > 0))}
+
+
+def gradient_descent(net: TwoLayerNet, problem: Problem, train: Dataset | None, test: Dataset | None,
+                     tcfg: TrainConfig, *, perturb: Perturb | None = None, log: MetricsLog | None = None,
+                     on_snapshot: Callable[[int, TwoLayerNet], None] | None = None,
+                     quiet: bool = False, desc: str = "train") -> TwoLayerNet:
+    """Run tcfg.steps steps of gradient descent on net (in place) and return it.
+
+    full_batch: every step uses the exact gradient on the whole `train` set.
+    online: step t uses a fresh batch from the problem's online stream (sub-key t).
+    Snapshots of the weights are handed to on_snapshot at the steps in tcfg.snapshots
+    (step s = the weights after s updates), every tcfg.snapshot_every steps, and after
+    the last step.
+    """
+    log = log if log is not None else MetricsLog(None)
+    dtype = np.dtype(tcfg.dtype)
+    if net.W.dtype != dtype:
+        net.W = net.W.astype(dtype)
+    if tcfg.mode == "full_batch":
+        if train is None:
+            raise ValueError("train: a training set is required in mode='full_batch'")
+        X_full = np.ascontiguousarray(train.x, dtype=dtype)
+        y_full = train.y.astype(np.float64)
+    snaps = set(tcfg.snapshots)
+    t0 = time.perf_counter()
+    bar = tqdm(range(tcfg.steps + 1), desc=desc, disable=quiet, leave=False, mininterval=0.5)
+    for step in bar:
+        if net.model.bias == "schedule":
+            net.beta = beta_at(net.model, step)
+        if on_snapshot is not None and (step in snaps or (tcfg.snapshot_every and step % tcfg.snapshot_every == 0)):
+            on_snapshot(step, net)
+        if step == tcfg.steps:
+            break
+        if tcfg.mode == "full_batch":
+            X, y = X_full, y_full
+        else:
+            batch = problem.online_batch(step, tcfg.batch_size)
+            X, y = np.ascontiguousarray(batch.x, dtype=dtype), batch.y.astype(np.float64)
+        row = {"step": step}
+        if test is not None and step % tcfg.eval_every == 0:
+            ev = evaluate(net, test)  # before the update: every field of a row refers to one W
+            row["test_loss"], row["test_acc"] = ev["loss"], ev["acc"]
+            bar.set_postfix(test_acc=f"{ev['acc']:.4f}")
+        if perturb is None:
+            loss, gW, gb, f = net.loss_and_grad(X, y)
+        elif hasattr(perturb, "loss_and_grad"):  # sim.adversarial.Perturb: may fuse attack and step
+            loss, gW, gb, f = perturb.loss_and_grad(net, X, y, step)
+        else:
+            loss, gW, gb, f = net.loss_and_grad(np.ascontiguousarray(perturb(net, X, y, step), dtype=dtype), y)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at step {step}: lower lr (now {tcfg.lr})")
+        row.update(loss=loss, train_acc=float(np.mean(y * f > 0)),
+                   grad_norm=float(np.sqrt(np.sum(gW.astype(np.float64) ** 2) + np.sum(gb ** 2))),
+                   bias_mean=float(np.mean(net.bias())))
+        net.W -= dtype.type(tcfg.lr) * gW
+        if net.model.bias == "trained":
+            net.b -= tcfg.lr * gb
+        if not (np.isfinite(net.W).all() and np.isfinite(net.b).all()):
+            raise FloatingPointError(f"weights overflowed at step {step}: lower lr (now {tcfg.lr})")
+        row["seconds"] = time.perf_counter() - t0
+        log.write(row)
+    if test is not None:
+        ev = evaluate(net, test)
+        log.write({"step": tcfg.steps, "test_loss": ev["loss"], "test_acc": ev["acc"],
+                   "seconds": time.perf_counter() - t0, "final": True})
+    if on_snapshot is not None and tcfg.steps not in snaps:
+        on_snapshot(tcfg.steps, net)
+    return net

@@ -1,0 +1,384 @@
+"""Claim C5 (sim.lowerbound): exact linear robustness, kernel-model gradients, the NTK limit."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sim import attacks
+from sim.model.config import ConfigError, DataConfig, ModelConfig, RunConfig
+from sim.model.data import Problem
+from sim.lowerbound import (Budget, LinearModel, NTKModel, OraclePolynomial, PolynomialModel, activation_probability,
+                            fit_logistic, fit_robust_logistic, format_table, kappa_coefficients, lower_bound_table,
+                            ntk_infinite)
+from sim.lowerbound.linear import robust_loss
+from sim.model.network import TwoLayerNet
+
+
+
+@pytest.fixture(autouse=True)
+def _float64_torch():
+    """float64 autograd references here, restored after each test (other suites use float32)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+# ---------------------------------------------------------------- linear: closed form = exact attack
+
+@st.composite
+def linear_cases(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    n, d = draw(st.integers(1, 30)), draw(st.integers(1, 12))
+    w = rng.standard_normal(d) * draw(st.sampled_from([1e-3, 1.0, 30.0]))
+    if draw(st.booleans()):
+        w[rng.random(d) < 0.5] = 0.0  # sparse and zero weights (sign(0) = 0 in the l_inf attack)
+    intercept = draw(st.booleans())
+    model = LinearModel(w, float(rng.standard_normal()) if intercept else 0.0, intercept)
+    X = rng.standard_normal((n, d))
+    y = rng.choice([-1.0, 1.0], size=n)
+    return model, X, y, draw(st.sampled_from(attacks.NORMS)), draw(st.floats(0.0, 2.0)), rng
+
+
+def _ball_dist(D, norm):
+    return np.max(np.abs(D), axis=1) if norm == "linf" else np.linalg.norm(D, axis=1)
+
+
+@given(linear_cases())
+def test_closed_form_linear_robustness_equals_the_exact_attack(case):
+    model, X, y, norm, tau, rng = case
+    closed = model.robust_margin(X, y, tau, norm)
+    X_adv = model.exact_attack(X, y, tau, norm)
+    assert np.all(_ball_dist(X_adv - X, norm) <= tau * (1 + 1e-12) + 1e-15)
+    scale = 1 + np.abs(y * model.forward(X)) + tau * np.abs(model.w).sum()
+    np.testing.assert_allclose(y * model.forward(X_adv), closed, atol=1e-10 * scale.max())
+    # FGM of sim.attacks is the exact attack on a linear model; PGD cannot beat it
+    fg = attacks.fgm(model, X, y, tau, norm)
+    np.testing.assert_allclose(fg.margin, closed, atol=1e-10 * scale.max())
+    pg = attacks.pgd(model, X, y, tau, norm, steps=5, restarts=2, rng=rng)
+    assert np.all(pg.margin >= closed - 1e-9 * scale.max())
+    # no point of the ball does better than the closed form (random interior and boundary points)
+    for _ in range(5):
+        delta = attacks.random_in_ball(rng, X.shape, norm, tau)
+        assert np.all(y * model.forward(X + delta) >= closed - 1e-9 * scale.max())
+    # robust accuracy: closed form = share of points the exact attack leaves correct (ties aside)
+    clear = np.abs(closed) > 1e-9 * scale.max()
+    assert np.array_equal((closed > 0)[clear], (y * model.forward(X_adv) > 0)[clear])
+    if clear.all():
+        assert model.exact_robust_accuracy(X, y, tau, norm) == float(np.mean(y * model.forward(X_adv) > 0))
+
+
+@given(linear_cases())
+def test_parity_bound_robust_accuracy_of_f_at_most_half_plus_half_its_odd_part(case):
+    """On a symmetric sample ({(x, y)} u {(-x, -y)}) robust_acc(f) <= (1 + robust_acc(f_odd)) / 2."""
+    model, X, y, norm, tau, _ = case
+    Xs, ys = np.concatenate([X, -X]), np.concatenate([y, -y])
+    full = LinearModel(model.w, model.c + 0.5, intercept=True)
+    odd = LinearModel(model.w)
+    assert full.exact_robust_accuracy(Xs, ys, tau, norm) <= (1 + odd.exact_robust_accuracy(Xs, ys, tau, norm)) / 2 + 1e-12
+
+
+@pytest.mark.parametrize("norm,tau", [("l2", 0.05), ("l2", 0.25), ("linf", 0.002), ("linf", 0.05)])
+@pytest.mark.parametrize("intercept", [False, True])
+def test_best_robust_linear_is_the_minimiser_of_the_convex_robust_loss(norm, tau, intercept):
+    cfg = DataConfig(d=32, n_train=400, n_test=10, seed=3)
+    pb = Problem.from_config(cfg)
+    tr = pb.train_set()
+    model, info = fit_robust_logistic(tr.x, tr.y, tau, norm, intercept=intercept, ridge=1e-3 if tau < 0.1 else 0.0)
+    ridge = 1e-3 if tau < 0.1 else 0.0
+
+    def obj(theta):
+        return robust_loss(theta, tr.x, tr.y, tau, norm, intercept) + 0.5 * ridge * float(theta[:32] @ theta[:32])
+
+    best = obj(model.theta)
+    rng = np.random.default_rng(0)
+    for eps in (1e-1, 1e-2, 1e-3):
+        for _ in range(20):
+            assert best <= obj(model.theta + eps * rng.standard_normal(model.theta.shape)) + 1e-10
+    zero = np.zeros_like(model.theta)
+    if intercept:
+        zero[-1] = model.c if info["zero_optimal"] else 0.0
+    assert best <= obj(zero) + 1e-12
+    if info["zero_optimal"]:
+        assert not np.any(model.w)
+    else:
+        assert info["grad_norm"] < 1e-5
+
+
+def test_clean_logistic_reaches_the_bayes_direction():
+    pb = Problem.from_config(DataConfig(d=64, n_train=2000, n_test=500, seed=1))
+    tr, te = pb.train_set(), pb.test_set()
+    m = fit_logistic(tr.x, tr.y)
+    cos = m.w @ pb.bayes_direction / np.linalg.norm(m.w) / np.linalg.norm(pb.bayes_direction)
+    assert cos > 0.95 and m.exact_robust_accuracy(te.x, te.y, 0.0, "l2") > 0.99
+
+
+# ---------------------------------------------------------------- kernel models: gradients vs autograd
+
+def _torch_poly(model, X):
+    Xt = torch.tensor(X, requires_grad=True)
+    T = Xt @ torch.tensor(model.L).T / model.scale
+    K = sum(c * T ** j for j, c in enumerate(model.coef) if c != 0)
+    f = K @ torch.tensor(model.a)
+    f.sum().backward()
+    return Xt.grad.numpy(), f.detach().numpy()
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3, 4])
+@pytest.mark.parametrize("parity", ["odd", "full"])
+def test_polynomial_gradient_matches_autograd(degree, parity):
+    rng = np.random.default_rng(degree)
+    L = rng.standard_normal((20, 7)) * 0.4
+    model = PolynomialModel(L, degree, parity)
+    model.theta[:] = rng.standard_normal(model.theta.shape)
+    X = rng.standard_normal((9, 7)) * 0.5
+    J, f = model.output_gradient(X)
+    J_t, f_t = _torch_poly(model, X)
+    np.testing.assert_allclose(f, f_t, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(model.forward(X), f_t, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(J, J_t, rtol=1e-9, atol=1e-10)
+    if parity == "odd":
+        np.testing.assert_allclose(model.forward(-X), -f, atol=1e-12)
+    # float32 compute path agrees to single precision
+    m32 = PolynomialModel(L, degree, parity, dtype=np.float32)
+    m32.theta[:] = model.theta
+    np.testing.assert_allclose(m32.output_gradient(X)[0], J, rtol=1e-3, atol=1e-3 * np.abs(J).max())
+
+
+def _autograd_theta(model, X, y, make_f):
+    th = torch.tensor(model.theta, requires_grad=True)
+    f = make_f(th)
+    loss = torch.nn.functional.softplus(-torch.tensor(y) * f).mean()
+    loss.backward()
+    return float(loss.detach()), th.grad.numpy()
+
+
+def _torch_ntk(model, X):
+    """f_lin in torch: f0 + (1/sqrt m) sum_i g'(u_i) <theta_i, x>, g from the activation."""
+    def act(z):
+        if model.activation == "relu":
+            return torch.relu(z)
+        q, rho = model.q, model.rho
+        zc = torch.clamp(z, 0.0, rho)
+        return torch.where(z <= 0, torch.zeros_like(z), torch.where(z <= rho, zc ** q / (q * rho ** (q - 1)),
+                                                                    z - (1 - 1 / q) * rho))
+
+    W0, b = torch.tensor(model.W0), torch.tensor(model.b)
+
+    def dact(z):
+        if model.activation == "relu":
+            return (z > 0).double()
+        q, rho = model.q, model.rho
+        zc = torch.clamp(z, 0.0, rho)
+        return torch.where(z <= 0, torch.zeros_like(z), torch.where(z <= rho, (zc / rho) ** (q - 1), torch.ones_like(z)))
+
+    def f_of(Xt, th):
+        U = Xt @ W0.T
+        Theta = th[:model.m * model.d].reshape(model.m, model.d)
+        gp = dact(U - b) + dact(-U - b)
+        f = (act(U - b) - act(-U - b)).sum(1) + (gp * (Xt @ Theta.T)).sum(1) / np.sqrt(model.m)
+        return f + (th[-1] if model.intercept else 0.0)
+
+    return f_of
+
+
+@pytest.mark.parametrize("activation", ["relu", "smooth_relu"])
+@pytest.mark.parametrize("parity", ["odd", "full"])
+def test_ntk_gradients_match_autograd(activation, parity):
+    rng = np.random.default_rng(7)
+    m, d, n = 12, 5, 8
+    W0 = rng.standard_normal((m, d)) * 0.5
+    model = NTKModel(W0, 0.1 * np.linalg.norm(W0, axis=1), activation, 3, 0.3, parity)
+    model.theta[:] = rng.standard_normal(model.theta.shape) * 0.3
+    X = rng.standard_normal((n, d))
+    y = rng.choice([-1.0, 1.0], size=n)
+    f_of = _torch_ntk(model, X)
+    Xt = torch.tensor(X, requires_grad=True)
+    f_t = f_of(Xt, torch.tensor(model.theta))
+    f_t.sum().backward()
+    J, f = model.output_gradient(X)
+    np.testing.assert_allclose(f, f_t.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.forward(X), f, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(J, Xt.grad.numpy(), rtol=1e-9, atol=1e-10)
+    loss, g = model.loss_grad(X, y)[:2]
+    loss_t, g_t = _autograd_theta(model, X, y, lambda th: f_of(torch.tensor(X), th))
+    assert loss == pytest.approx(loss_t, rel=1e-12)
+    np.testing.assert_allclose(g, g_t, rtol=1e-9, atol=1e-12)
+    if parity == "odd":
+        np.testing.assert_allclose(model.forward(-X), -f, atol=1e-12)
+
+
+def test_polynomial_and_linear_loss_gradients_match_autograd():
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((10, 6)), rng.choice([-1.0, 1.0], size=10)
+    poly = PolynomialModel(rng.standard_normal((8, 6)), 3, "full")
+    poly.theta[:] = rng.standard_normal(poly.theta.shape) * 0.1
+    L, P = torch.tensor(poly.L), torch.tensor(poly.P)
+
+    def f_poly(th):
+        T = torch.tensor(X) @ L.T / poly.scale
+        return sum(c * T ** j for j, c in enumerate(poly.coef)) @ (P @ th)
+
+    lin = LinearModel(rng.standard_normal(6), 0.3, intercept=True)
+    for model, f_of in ((poly, f_poly), (lin, lambda th: torch.tensor(X) @ th[:6] + th[6])):
+        loss, g, _ = model.loss_grad(X, y)
+        loss_t, g_t = _autograd_theta(model, X, y, f_of)
+        assert loss == pytest.approx(loss_t, rel=1e-12)
+        np.testing.assert_allclose(g, g_t, rtol=1e-9, atol=1e-12)
+
+
+def test_oracle_polynomial_gradient_matches_autograd():
+    pb = Problem.from_config(DataConfig(d=16, n_test=5))
+    te = pb.test_set()
+    o = OraclePolynomial(pb.M, pb.wstar, 3)
+    Xt = torch.tensor(te.x, requires_grad=True)
+    f = ((Xt @ torch.tensor(pb.M)) ** 3) @ torch.tensor(pb.wstar)
+    f.sum().backward()
+    J, fo = o.output_gradient(te.x)
+    np.testing.assert_allclose(fo, f.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(J, Xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    # on noiseless pm1 codes the oracle is exactly <w*, z> (z^3 = z)
+    np.testing.assert_allclose(o.forward(te.z @ pb.M.T), te.z @ pb.wstar, atol=1e-10)
+
+
+# ---------------------------------------------------------------- the NTK: linearisation and width limit
+
+def test_ntk_is_the_linearisation_of_the_network():
+    cfg = RunConfig(data=DataConfig(d=16), model=ModelConfig(bias="fixed", bias_value=0.002))
+    net = TwoLayerNet.init(cfg, np.float64)
+    model = NTKModel.from_net(net)
+    pb = Problem.from_config(cfg.data)
+    X = pb.test_set().x[:50]
+    np.testing.assert_allclose(model.forward(X), net.forward(X), rtol=1e-10, atol=1e-14)  # theta = 0: f0
+    rng = np.random.default_rng(0)
+    V = rng.standard_normal(net.W.shape)
+    model.theta[:] = (V * np.sqrt(model.m)).ravel()
+    for eps in (1e-4, 1e-5):
+        moved = TwoLayerNet(net.W + eps * V, net.model, net.b.copy())
+        model.theta[:] = (eps * V * np.sqrt(model.m)).ravel()
+        same_gates = np.all((np.abs(X @ moved.W.T) > moved.b) == (np.abs(X @ net.W.T) > net.b), axis=1)
+        assert same_gates.mean() > 0.5
+        # ReLU: f is linear in W as long as no gate flips, so the linearisation is exact there
+        np.testing.assert_allclose(model.forward(X)[same_gates], moved.forward(X)[same_gates], rtol=1e-9, atol=1e-15)
+    F = model.features(X[:6])
+    np.testing.assert_allclose(model.kernel(X[:6], X[:6]), F @ F.T, rtol=1e-10, atol=1e-18)
+
+
+def test_smoothed_ntk_keeps_f_and_tends_to_the_exact_gradient():
+    net = TwoLayerNet.init(RunConfig(data=DataConfig(d=16)), np.float64)
+    model = NTKModel.from_net(net)
+    model.theta[:] = np.random.default_rng(0).standard_normal(model.theta.shape) * 0.01
+    X = Problem.from_config(DataConfig(d=16)).test_set().x[:20]
+    J, f = model.output_gradient(X)
+    Js, fs = model.smoothed(1e-7).output_gradient(X)
+    np.testing.assert_array_equal(fs, f)
+    U = X @ model.W0.T
+    far = np.all(np.abs(np.abs(U) - model.b) > 1e-4 * np.linalg.norm(model.W0, axis=1), axis=1)
+    assert far.sum() > 0
+    np.testing.assert_allclose(Js[far], J[far], rtol=1e-6, atol=1e-9)
+
+
+def test_infinite_width_quadrature_is_converged():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((6, 20)) * 0.3
+    X[1] = -X[0]
+    X[2] = 0.0
+    for kw in ({"beta": 0.1}, {"b": 0.02, "sigma0": 0.05}):
+        P64 = activation_probability(X, X, d=20, **kw)
+        P256 = activation_probability(X, X, d=20, nodes=512, **kw)
+        np.testing.assert_allclose(P64, P256, atol=1e-7)
+        np.testing.assert_allclose(P64, P64.T, atol=1e-12)
+        assert np.all(P64[2] == 0) and np.all((P64 >= 0) & (P64 <= 1))
+        np.testing.assert_allclose(P64[0, 1], P64[0, 0], atol=1e-12)  # x and -x gate together
+
+
+@pytest.mark.parametrize("bias", ["relative", "fixed"])
+def test_empirical_ntk_converges_to_the_closed_form_as_width_grows(bias):
+    d = 24
+    sigma0 = 0.1 / d
+    pb = Problem.from_config(DataConfig(d=d, n_test=6, seed=4))
+    X = pb.test_set().x
+    if bias == "relative":
+        K_inf = ntk_infinite(X, X, beta=0.1)
+    else:
+        b = 0.1 * sigma0 * np.sqrt(d)
+        K_inf = ntk_infinite(X, X, b=b, sigma0=sigma0)
+    G = X @ X.T
+    errors = []
+    for m in (64, 1024, 16384):
+        errs = []
+        for seed in range(3):
+            W0 = np.random.default_rng(seed + 10 * m).standard_normal((m, d)) * sigma0
+            bv = 0.1 * np.linalg.norm(W0, axis=1) if bias == "relative" else np.full(m, b)
+            K = NTKModel(W0, bv).kernel(X, X)
+            err = np.abs(K - K_inf)
+            # binomial standard error of the gate agreement, times |<x, x'>|
+            assert np.all(err <= 6 * np.abs(G) * 0.5 / np.sqrt(m) + 1e-12)
+            errs.append(err.max())
+        errors.append(np.mean(errs))
+    assert errors[2] < errors[1] < errors[0]
+    assert errors[2] < 0.02 * np.abs(G).max()
+
+
+def test_ntk_infinite_from_net_uses_its_bias():
+    cfg = RunConfig(data=DataConfig(d=8))
+    net = TwoLayerNet.init(cfg, np.float64)
+    X = np.random.default_rng(0).standard_normal((3, 8))
+    np.testing.assert_allclose(ntk_infinite(X, X, net), ntk_infinite(X, X, beta=cfg.model.beta))
+
+
+# ---------------------------------------------------------------- errors and the table
+
+@pytest.mark.parametrize("call,name", [
+    (lambda: kappa_coefficients(0), "degree"),
+    (lambda: PolynomialModel(np.ones((2, 2)), 0), "degree"),
+    (lambda: kappa_coefficients(2, parity="even"), "parity"),
+    (lambda: LinearModel(np.ones(2)).robust_margin(np.ones((1, 2)), np.ones(1), 0.1, "l1"), "norm"),
+    (lambda: LinearModel(np.ones(2)).robust_margin(np.ones((1, 2)), np.ones(1), -0.1, "l2"), "tau"),
+    (lambda: fit_robust_logistic(np.ones((2, 2)), np.ones(2), float("nan"), "l2"), "tau"),
+])
+def test_bad_inputs_name_the_parameter(call, name):
+    with pytest.raises(ConfigError, match=rf"^{name}=.*allowed"):
+        call()
+
+
+@pytest.fixture(scope="module")
+def small():
+    pb = Problem.from_config(DataConfig(d=32, n_train=300, n_test=300, seed=2))
+    return pb, pb.train_set(), pb.test_set()
+
+
+@pytest.mark.parametrize("kw,name", [({"tau": -1.0}, "tau"), ({"norm": "l1"}, "norm"), ({"degrees": (0,)}, "degree"),
+                                     ({"scale": 0.0}, "scale"), ({"n_eval": 0}, "n_eval"),
+                                     ({"parity": "x"}, "parity"), ({"n_factors": (0,)}, "n_factors")])
+def test_table_rejects_bad_arguments(small, kw, name):
+    pb, tr, te = small
+    args = {"tau": 0.25, "norm": "l2", **kw}
+    with pytest.raises(ConfigError, match=rf"^{name}"):
+        lower_bound_table(pb, tr, te, args.pop("tau"), args.pop("norm"), quiet=True, **args)
+
+
+@pytest.mark.parametrize("norm,tau,parity", [("l2", 0.25, "odd"), ("linf", 0.05, "full")])
+def test_table_rows(small, norm, tau, parity):
+    pb, tr, te = small
+    rows = lower_bound_table(pb, tr, te, tau, norm, scale=0.05, n_eval=100, quiet=True, n_factors=(1, 2),
+                             parity=parity, budget=Budget(landmarks=64))
+    keys = {"model", "training", "n_train", "clean_acc", "robust_acc", "robust_kind", "seconds"}
+    assert all(keys <= set(r) for r in rows)
+    got = {(r["model"], r["training"], r["n_train"]) for r in rows}
+    for n in (300, 600):
+        for model, trainings in (("linear", ("clean", "adversarial", "best_robust")), ("poly2", ("clean", "adversarial")),
+                                 ("poly3", ("clean", "adversarial")), ("ntk", ("clean", "adversarial"))):
+            assert {(model, t, n) for t in trainings} <= got
+    assert ("linear", "bayes", None) in got and ("poly3", "oracle", None) in got
+    for r in rows:
+        assert r["robust_kind"] == ("exact" if r["model"] == "linear" else "attacked")
+        assert 0 <= r["robust_acc"] <= 1 and 0 <= r["clean_acc"] <= 1
+        if r["model"] == "linear":
+            assert r["robust_acc"] <= r["clean_acc"]  # both exact, on the whole test set
+            # the attacks never beat the exact worst case; FGM reaches it
+            assert r["attacked_acc"] == pytest.approx(r["exact_acc_eval"], abs=0.011)
+            assert r["attacked_acc"] >= r["exact_acc_eval"] - 1e-12
+    text = format_table(rows)
+    assert "best_robust" in text and "oracle" in text

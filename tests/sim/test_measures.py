@@ -1,0 +1,43 @@
+"""Purification measures: known values, and invariance under permutations and rotations."""
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.stats import ortho_group
+
+from sim import measures
+from sim.model.config import ModelConfig
+from sim.model.network import TwoLayerNet
+
+
+def test_known_split():
+    M = np.eye(4)
+    wstar = np.array([1.0, -1.0, 1.0, 1.0])
+    W = np.array([[2.0, -0.1, 0.1, 0.1]])  # atom 0 (+, votes w*_0 = +1) plus a dense part along w*
+    d = measures.dense_measures(W, M, wstar, threshold=0.5)
+    assert d["principal_atom"][0] == 0 and d["n_principal"][0] == 1
+    np.testing.assert_allclose(d["dense_ratio"], np.sqrt(0.03) / 2)
+    np.testing.assert_allclose(d["dense_cos"], 0.3 / (np.sqrt(0.03) * 2))
+    p = measures.purification(W, np.array([[1.0, 0.0, 0.0, 0.0]]), M)
+    np.testing.assert_allclose(p["beta"], 2.0)
+    np.testing.assert_allclose(p["v_norm"], np.sqrt(0.03))
+    assert p["purified"][0] and np.isclose(p["dense_share_of_v"][0], 1.0)
+
+
+@given(seed=st.integers(0, 10_000), m=st.integers(2, 12), d=st.integers(2, 8))
+def test_invariant_under_permutation_and_rotation(seed, m, d):
+    rng = np.random.default_rng(seed)
+    M = ortho_group.rvs(d, random_state=seed) if d > 1 else np.eye(1)
+    wstar = rng.choice([-1.0, 1.0], d)
+    W, Wa, W0 = rng.standard_normal((3, m, d))
+    X = rng.standard_normal((20, d))
+    net = TwoLayerNet(W, ModelConfig(bias="fixed", bias_value=0.2))
+    base = measures.summarize_dense(net, M, wstar, X)
+    basep = measures.summarize_purification(W, Wa, W0, M)
+    perm = rng.permutation(m)
+    R = ortho_group.rvs(d, random_state=seed + 1)
+    for Wt, Wat, W0t, Mt, Xt in ((W[perm], Wa[perm], W0[perm], M, X), (W @ R.T, Wa @ R.T, W0 @ R.T, R @ M, X @ R.T)):
+        nt = TwoLayerNet(Wt, ModelConfig(bias="fixed", bias_value=0.2))
+        for k, v in measures.summarize_dense(nt, Mt, wstar, Xt).items():
+            np.testing.assert_allclose(v, base[k], rtol=1e-9, atol=1e-12, err_msg=k)
+        for k, v in measures.summarize_purification(Wt, Wat, W0t, Mt).items():
+            np.testing.assert_allclose(v, basep[k], rtol=1e-9, atol=1e-12, err_msg=k)
