@@ -74,3 +74,48 @@ def pgd_update(Gp, A, P, nsq, y, alpha, tau):
     ns = np.maximum(nsq + 2 * c * np.einsum("ij,ij->i", Gp, P) + c * c * jn2, 0.0)
     fac = np.minimum(1.0, tau / np.maximum(np.sqrt(ns), 1e-300))
     return fac[:, None] * (P + c[:, None] * Q), fac * fac * ns
+
+
+# ---------------------------------------------------------------------------------------------
+# sim.certify: references of the per-element kernels of the bounds (the shrinkage network)
+
+_PIECE_SLOPES = np.array([1.0, 0.0, 1.0])  # slopes of g_i's linear pieces between its breakpoints
+
+
+def shrink(u, b):
+    """g(u) = sign(u) max(|u| - b, 0), elementwise (b broadcast)."""
+    return np.sign(u) * np.maximum(np.abs(u) - b, 0.0)
+
+
+def beta_np(G, V, A):
+    """beta_i(a_i) = min_k G_k - a V_k over the breakpoints, and the minimising V (reference)."""
+    vals = G - A[..., None] * V
+    k = np.argmin(vals, axis=2)
+    return np.take_along_axis(vals, k[..., None], 2)[..., 0], np.take_along_axis(V, k[..., None], 2)[..., 0]
+
+
+def kappa_np(C, V, b, A, Gm):
+    """kappa_i(a, gamma) = min_{|v| <= r_i} g_i(c_i + v) - a v + gamma v^2 and its argmin v
+    (reference): on each linear piece [V_k, V_k+1] of g_i (slopes 1, 0, 1) a convex quadratic,
+    so the minimum is at a breakpoint or at the clipped vertex (a - slope) / (2 gamma)."""
+    cands = [V[..., k] for k in range(4)]
+    pos = Gm > 0
+    g2 = 2 * np.where(pos, Gm, 1.0)
+    for k in range(3):
+        vert = np.where(pos, (A - _PIECE_SLOPES[k]) / g2, V[..., k])
+        cands.append(np.clip(vert, V[..., k], V[..., k + 1]))
+    Cd = np.stack(cands, -1)
+    phi = shrink(C[..., None] + Cd, b[None, :, None]) - A[..., None] * Cd + Gm[..., None] * Cd * Cd
+    k = np.argmin(phi, -1)
+    return np.take_along_axis(phi, k[..., None], -1)[..., 0], np.take_along_axis(Cd, k[..., None], -1)[..., 0]
+
+
+def prox_np(Z, T, V, G, lo, hi):
+    """argmax_{a in [0,1]} beta(a) - (a - z)^2 / (2 t) elementwise (reference): beta is the
+    minimum of the lines G_k - a V_k, line k being the minimum on [lo_k, hi_k]; the best of
+    the per-piece maximisers, clipped to [0, 1] (1-D strong concavity)."""
+    ok = (lo <= hi) & (lo < np.inf) & (hi > -np.inf)
+    cand = np.where(ok, np.clip(Z[..., None] - T[:, None, None] * V, lo, hi), 0.0)
+    obj = np.where(ok, G - cand * V - (cand - Z[..., None]) ** 2 / (2 * T[:, None, None]), -np.inf)
+    k = np.argmax(obj, axis=2)
+    return np.clip(np.take_along_axis(cand, k[..., None], axis=2)[..., 0], 0.0, 1.0)

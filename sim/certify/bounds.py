@@ -99,19 +99,23 @@ points no attack breaks), not yet certified by a cheaper bound (tight=True: ever
 with a positive clean margin, for the tightest lower values). Elsewhere a method reports
 the best cheaper bound (still sound). Per-element work runs in Numba kernels (parallel
 over samples, so the result does not depend on the thread count), each with a NumPy
-reference (beta_np, kappa_np, prox_np, trs_np) that the tests compare with.
+reference in tests/naive.py (trs_np, also used by the per-sample refinement, in
+sim.certify.quadratic) that the tests compare with.
 
 Only ReLU with b_i >= 0 is supported (the shrinkage structure); other activations or a
 negative bias raise a ValueError. Computations are in float64 (float32 weights convert
 exactly); the bound certifies the real-arithmetic network with those weights, and every
 bound subtracts a generous allowance for float rounding. The exact verifier (MILP for
-l_inf, outer approximation + MILP for l2) is in sim.exact.
+l_inf, outer approximation + MILP for l2) is in sim.certify.exact.
+
+Modules: bounds (this one: checks, the shrinkage structure, the per-element kernels, the
+interval and linear/dual bounds), quadratic (the quadratic bound and its refinement),
+certificate (certify, certify_radii: the best bound per sample), exact (the MILP
+verifier), diagnosis (certified against attacked, decided by the exact verifier).
 """
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, prange
@@ -189,13 +193,6 @@ def margins(net_or_Wb, X, y) -> np.ndarray:
 
 # -------------------------------------------------- per-element kernels and references
 
-def beta_np(G, V, A):
-    """beta_i(a_i) = min_k G_k - a V_k over the breakpoints, and the minimising V (reference)."""
-    vals = G - A[..., None] * V
-    k = np.argmin(vals, axis=2)
-    return np.take_along_axis(vals, k[..., None], 2)[..., 0], np.take_along_axis(V, k[..., None], 2)[..., 0]
-
-
 @njit(cache=True, parallel=True)
 def _beta_nb(G, V, A, beta, vk):
     n, m = A.shape
@@ -218,25 +215,6 @@ def _beta(G, V, A):
     vk = np.empty(A.shape)
     _beta_nb(G, V, np.ascontiguousarray(A), beta, vk)
     return beta, vk
-
-
-_PIECE_SLOPES = np.array([1.0, 0.0, 1.0])
-
-
-def kappa_np(C, V, b, A, Gm):
-    """kappa_i(a, gamma) = min_{|v| <= r_i} g_i(c_i + v) - a v + gamma v^2 and its argmin v
-    (reference): on each linear piece [V_k, V_k+1] of g_i (slopes 1, 0, 1) a convex quadratic,
-    so the minimum is at a breakpoint or at the clipped vertex (a - slope) / (2 gamma)."""
-    cands = [V[..., k] for k in range(4)]
-    pos = Gm > 0
-    g2 = 2 * np.where(pos, Gm, 1.0)
-    for k in range(3):
-        vert = np.where(pos, (A - _PIECE_SLOPES[k]) / g2, V[..., k])
-        cands.append(np.clip(vert, V[..., k], V[..., k + 1]))
-    Cd = np.stack(cands, -1)
-    phi = shrink(C[..., None] + Cd, b[None, :, None]) - A[..., None] * Cd + Gm[..., None] * Cd * Cd
-    k = np.argmin(phi, -1)
-    return np.take_along_axis(phi, k[..., None], -1)[..., 0], np.take_along_axis(Cd, k[..., None], -1)[..., 0]
 
 
 @njit(cache=True, parallel=True)
@@ -280,17 +258,6 @@ def _kappa(C, V, b, A, Gm):
     return kap, vs
 
 
-def prox_np(Z, T, V, G, lo, hi):
-    """argmax_{a in [0,1]} beta(a) - (a - z)^2 / (2 t) elementwise (reference): beta is the
-    minimum of the lines G_k - a V_k, line k being the minimum on [lo_k, hi_k]; the best of
-    the per-piece maximisers, clipped to [0, 1] (1-D strong concavity)."""
-    ok = (lo <= hi) & (lo < np.inf) & (hi > -np.inf)
-    cand = np.where(ok, np.clip(Z[..., None] - T[:, None, None] * V, lo, hi), 0.0)
-    obj = np.where(ok, G - cand * V - (cand - Z[..., None]) ** 2 / (2 * T[:, None, None]), -np.inf)
-    k = np.argmax(obj, axis=2)
-    return np.clip(np.take_along_axis(cand, k[..., None], axis=2)[..., 0], 0.0, 1.0)
-
-
 @njit(cache=True, parallel=True)
 def _prox_nb(Z, T, V, G, lo, hi, out):
     n, m = Z.shape
@@ -316,69 +283,6 @@ def _prox(Z, T, V, G, lo, hi):
     out = np.empty(Z.shape)
     _prox_nb(np.ascontiguousarray(Z), T, V, G, lo, hi, out)
     return out
-
-
-def trs_np(Ut, lam, tau, iters=60):
-    """min_{|delta| <= tau} <u, delta> - delta^T A delta for A = V diag(lam) V^T >= 0 per sample,
-    in A's eigenbasis (Ut = u V) (reference): by the S-lemma it equals
-    max_{mu > lam_max} -1/4 sum_j ut_j^2 / (mu - lam_j) - mu tau^2, and every mu > lam_max gives
-    a lower bound. mu by bisection on the derivative, kept >= lam_max + 1e-7 (1 + lam_max) so
-    that rounding stays tiny. Returns (value, minimiser in the eigenbasis, mu)."""
-    lmax = lam[:, -1]
-    nu = np.linalg.norm(Ut, axis=1)
-    floor = lmax + 1e-7 * (1 + lmax)
-    lo = floor.copy()
-    hi = floor + nu / (2 * max(tau, 1e-300)) + 1e-300
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        der = 0.25 * np.sum(Ut * Ut / (mid[:, None] - lam) ** 2, 1) - tau * tau
-        up = der > 0
-        lo = np.where(up, mid, lo)
-        hi = np.where(up, hi, mid)
-    mu = hi
-    den = mu[:, None] - lam
-    return -0.25 * np.sum(Ut * Ut / den, 1) - mu * tau * tau, -Ut / (2 * den), mu
-
-
-@njit(cache=True, parallel=True)
-def _trs_nb(Ut, s, gb, tau, iters, val, Dt, mu_out):
-    n, d = Ut.shape
-    for q in prange(n):
-        g = gb[q]
-        lmax = g * s[d - 1]
-        floor = lmax + 1e-7 * (1 + lmax)
-        nu = 0.0
-        for j in range(d):
-            nu += Ut[q, j] * Ut[q, j]
-        nu = math.sqrt(nu)
-        lo = floor
-        hi = floor + nu / (2 * max(tau, 1e-300)) + 1e-300
-        for _ in range(iters):
-            mid = 0.5 * (lo + hi)
-            der = 0.0
-            for j in range(d):
-                e = mid - g * s[j]
-                der += Ut[q, j] * Ut[q, j] / (e * e)
-            if 0.25 * der - tau * tau > 0:
-                lo = mid
-            else:
-                hi = mid
-        mu = hi
-        acc = 0.0
-        for j in range(d):
-            e = mu - g * s[j]
-            acc += Ut[q, j] * Ut[q, j] / e
-            Dt[q, j] = -Ut[q, j] / (2 * e)
-        val[q] = -0.25 * acc - mu * tau * tau
-        mu_out[q] = mu
-
-
-def _trs(Ut, s, gb, tau, iters=60):
-    n, d = Ut.shape
-    val, mu = np.empty(n), np.empty(n)
-    Dt = np.empty((n, d))
-    _trs_nb(np.ascontiguousarray(Ut), s, gb, float(tau), iters, val, Dt, mu)
-    return val, Dt, mu
 
 
 # -------------------------------------------------------------------- the linear dual
@@ -537,322 +441,3 @@ def _fista(blk, W, absW, tau, norm, A0, best0, steps):
         if norm == "l2" and it >= 20 and np.all(stall >= 15):  # converged (l_inf: smoothing schedule)
             break
     return best, bestA
-
-
-# ------------------------------------------------------------------ the quadratic bound
-
-@dataclass
-class _QuadPre:
-    """Per-network data of the quadratic bound (computed once per certify call)."""
-
-    V: np.ndarray | None  # eigenvectors of W^T W (l2)
-    s: np.ndarray | None  # its eigenvalues (ascending), shifted up by a rounding allowance
-    Q: float  # certified bound: max_{delta in unit ball} |W delta|^2 (l2: s_max; l_inf: box SDP)
-
-
-def box_quadratic_bound(A: np.ndarray, iters: int = 500, seed: int = 0) -> float:
-    """A certified upper bound on max_{|d|_inf <= 1} d^T A d (A symmetric PSD).
-
-    The max-cut SDP relaxation max tr(A X), diag X = 1, X >= 0 has the dual
-    min sum_j y_j s.t. diag(y) >= A, and for ANY y, A <= diag(y) + lambda_max(A - diag y) I, so
-    the maximum is at most sum_j max(y_j + lambda_max(A - diag y), 0) (eigenvalue with a
-    rounding allowance): sound whatever y is. y comes from the low-rank (Burer--Monteiro)
-    primal X = V V^T with unit rows, rank ~ sqrt(2 d), improved by the monotone 'mixing'
-    iteration V <- rownormalise(A V); y_j = (A X)_jj is then nearly dual optimal.
-    """
-    d = A.shape[0]
-    if d == 0:
-        return 0.0
-    slack = 1e-9 * max(float(np.trace(A)), 0.0) + 1e-300
-    best = d * max(float(np.linalg.eigvalsh(A)[-1]) + slack, 0.0)  # |d|_2^2 lambda_max <= d lambda_max
-    k = int(np.ceil(np.sqrt(2 * d))) + 1
-    V = np.random.default_rng(seed).standard_normal((d, k))
-    V /= np.linalg.norm(V, axis=1, keepdims=True)
-    for _ in range(iters):
-        G = mm(A, V)
-        nG = np.linalg.norm(G, axis=1, keepdims=True)
-        if np.any(nG == 0):
-            break
-        V = G / nG
-    yv = np.sum(V * mm(A, V), 1)
-    lam = float(np.linalg.eigvalsh(A - np.diag(yv))[-1]) + slack
-    return min(best, float(np.sum(np.maximum(yv + lam, 0.0))))
-
-
-def _quad_pre(W, norm) -> _QuadPre:
-    G = mm(W.T, W)
-    tr = float(np.trace(G))
-    if norm == "l2":
-        s, V = np.linalg.eigh(G)
-        s = np.maximum(s, 0.0) + 1e-9 * tr + 1e-300  # W^T W <= V diag(s) V^T (rounding allowance)
-        return _QuadPre(np.ascontiguousarray(V), s, float(s[-1]))
-    return _QuadPre(None, None, box_quadratic_bound(G))
-
-
-def _quadratic(blk, W, b, absW, tau, norm, pre: _QuadPre, A0, best0, steps, lr):
-    """Projected Adam ascent on the quadratic bound over (a in [0,1], gamma_i >= 0,
-    gamma_bar >= 0), from a = A0, gamma = 0; every iterate evaluated soundly; best per sample."""
-    n, m = A0.shape
-    r = blk.r
-    rs = np.maximum(r, 1e-300)
-    rbar = float(np.median(rs)) if m else 1.0
-    r2 = r * r
-    rf = _round_factor(W)
-    A = A0.copy()
-    TH = np.zeros_like(A)  # gamma_i = TH / r_i
-    TB = np.zeros(n)  # gamma_bar = TB / rbar
-    best = best0.copy()
-    bestA, bestG = A0.copy(), np.zeros_like(A0)
-    pen = np.zeros(n)  # the quadratic penalty at the best iterate (what a refinement can win)
-    mom = {}
-
-    def adam(key, x, g, t, step):
-        m1, m2 = mom.get(key, (0.0, 0.0))
-        m1 = 0.9 * m1 + 0.1 * g
-        m2 = 0.999 * m2 + 0.001 * g * g
-        mom[key] = (m1, m2)
-        return x + step * (m1 / (1 - 0.9 ** t)) / (np.sqrt(m2 / (1 - 0.999 ** t)) + 1e-12)
-
-    for t in range(1, steps + 1):
-        Gm = TH / rs
-        gb = TB / rbar
-        kap, vs = _kappa(blk.C, blk.V, b, A, Gm)
-        U = mm(A, W)
-        if norm == "l2":
-            lin, Dt, mu = _trs(mm(U, pre.V), pre.s, gb, tau)
-            g_u = mm(mm(Dt, pre.V.T), W.T)  # the minimiser delta, mapped to d/da = W delta
-            g_gb = -np.sum(Dt * Dt * pre.s[None, :], 1)
-            lin_mag = np.abs(lin) + np.linalg.norm(U, axis=1) * tau + mu * tau * tau
-        else:
-            lin = -tau * np.sum(np.abs(U), 1) - gb * pre.Q * tau * tau
-            g_u = -tau * mm(np.sign(U), W.T)
-            g_gb = np.full(n, -pre.Q * tau * tau)
-            lin_mag = -lin
-        over = Gm > gb[:, None]
-        resid = np.sum(np.where(over, (Gm - gb[:, None]) * r2, 0.0), 1)
-        val = kap.sum(1) + lin - resid
-        # rounding: the allowance of the linear bound, each new term's magnitude, and 1e-8
-        # relative on the trust-region value (eigenbasis, bisection) -- all generous
-        mag = np.sum(Gm * r2, 1) + lin_mag + resid + tau * _dual_norm(mm(np.abs(A), absW), norm)
-        sound = val - blk.slack - rf * (1.0 + mag) - 1e-8 * lin_mag
-        take = sound > best
-        best = np.where(take, sound, best)
-        bestA[take], bestG[take] = A[take], Gm[take]
-        pen = np.where(take, -tau * _dual_norm(U, norm) - lin + resid, pen)
-        gA = -vs + g_u
-        gG = vs * vs - np.where(over, r2, 0.0)
-        gGb = g_gb + np.sum(np.where(over, r2, 0.0), 1)
-        step = lr * 0.5 * (1 + np.cos(np.pi * (t - 1) / steps)) + 1e-3 * lr
-        A = np.clip(adam("a", A, gA, t, step), 0.0, 1.0)
-        TH = np.maximum(adam("t", TH, gG / rs, t, step), 0.0)
-        TB = np.maximum(adam("b", TB, gGb / rbar, t, step), 0.0)
-    return best, bestA, bestG, pen
-
-
-def _refine(blk, W, b, absW, tau, norm, A, Gm, sdp_iters=200):
-    """The quadratic bound at given (a, gamma) with the per-sample matrix
-    A_s = sum_i gamma_i w_i w_i^T instead of its cheap upper bound gamma_bar W^T W + ...:
-    l2, the exact trust-region value in the eigenbasis of A_s; l_inf, the box SDP bound of
-    A_s (box_quadratic_bound). Never below the surrogate (the SDP is subadditive). One
-    eigendecomposition / SDP per sample: used on the few samples still uncertified."""
-    n = A.shape[0]
-    kap, _ = _kappa(blk.C, blk.V, b, A, Gm)
-    out = np.empty(n)
-    rf = _round_factor(W)
-    r2 = blk.r * blk.r
-    for j in range(n):
-        As = mm(W.T * Gm[j], W)
-        u = A[j] @ W
-        tr = float(np.trace(As))
-        if norm == "l2":
-            lam, Vs = np.linalg.eigh(As)
-            lam = np.maximum(lam, 0.0) + 1e-9 * tr + 1e-300
-            val, _, mu = trs_np((u @ Vs)[None, :], lam[None, :], tau)
-            lin, lin_mag = float(val[0]), abs(float(val[0])) + np.linalg.norm(u) * tau + float(mu[0]) * tau * tau
-        else:
-            lin = -tau * float(np.sum(np.abs(u))) - tau * tau * box_quadratic_bound(As, iters=sdp_iters)
-            lin_mag = -lin
-        mag = float(np.sum(Gm[j] * r2)) + lin_mag + tau * _dual_norm((np.abs(A[j]) @ absW)[None, :], norm)[0]
-        out[j] = kap[j].sum() + lin - blk.slack[j] - rf * (1.0 + mag) - 1e-8 * lin_mag
-    return out
-
-
-# ------------------------------------------------------------------------ the driver
-
-def _bounds_block(W, b, absW, X, y, tau, norm, methods, steps, qsteps, lr, pre, focus, tight):
-    out = {}
-    blk = _block(W, b, X, y, tau, norm)
-    cheap = blk.G[..., 0].sum(1) - blk.slack  # interval
-    if "interval" in methods:
-        out["interval"] = cheap.copy()
-    if not ({"linear", "dual", "quadratic"} & set(methods)):
-        return out
-    best = np.full(len(X), -np.inf)
-    bestA = np.zeros(blk.C.shape)
-    for A in _linear_slopes(blk):
-        D, _ = _sound_dual(blk, A, W, absW, tau, norm)
-        take = D > best
-        best = np.where(take, D, best)
-        bestA[take] = A[take]
-    if "linear" in methods:
-        out["linear"] = best.copy()
-    best = np.maximum(best, cheap)
-    # the optimised bounds only where they can still change the certificate
-    clean = shrink(blk.C, b[None, :]).sum(1) - blk.slack
-    run = focus & (clean > 0) & ((best <= 0) | tight) & (tau > 0)
-    if "dual" in methods or "quadratic" in methods:
-        idx = np.nonzero(run)[0]
-        if len(idx):
-            sub = blk.rows(idx)
-            d_best, d_A = _fista(sub, W, absW, tau, norm, bestA[idx], best[idx], steps)
-            best[idx] = np.maximum(best[idx], d_best)
-            bestA[idx] = d_A
-    if "dual" in methods:
-        out["dual"] = best.copy()
-    if "quadratic" in methods:
-        idx = np.nonzero(run & ((best <= 0) | tight))[0]
-        if len(idx):
-            sub = blk.rows(idx)
-            q, qA, qG, pen = _quadratic(sub, W, b, absW, tau, norm, pre, bestA[idx], best[idx], qsteps, lr)
-            best[idx] = q
-            # the per-sample refinement where it can still certify: uncertified, and the
-            # quadratic penalty it can shrink exceeds the deficit
-            ref = np.nonzero((q <= 0) & (pen > -q))[0]
-            if len(ref):
-                best[idx[ref]] = np.maximum(q[ref], _refine(sub.rows(ref), W, b, absW, tau, norm, qA[ref], qG[ref]))
-        out["quadratic"] = best.copy()
-    return out
-
-
-@dataclass
-class CertResult:
-    """Per-sample sound lower bounds on min_{|delta| <= tau} y f(x + delta)."""
-
-    lower: np.ndarray  # (n,) lower bound on the worst-case margin
-    certified: np.ndarray  # (n,) bool: lower > 0, so no perturbation in the ball flips x
-    certified_accuracy: float
-    method: str
-    seconds: float
-    norm: str = "l2"
-    tau: float = 0.0
-    per_method: dict = field(default_factory=dict)  # method -> lower bounds (for 'best')
-
-    def summary(self) -> str:
-        return (f"certified {100 * self.certified_accuracy:.1f} % ({self.method}, {self.norm}, "
-                f"tau={self.tau:g}, {self.seconds:.2f} s)")
-
-
-def certify(net, X, y, tau: float, norm: str = "l2", method: str = "best", steps: int = 100,
-            qsteps: int = 150, lr: float = 0.05, block: int = 256, focus=None, tight: bool = False) -> CertResult:
-    """Sound per-sample lower bounds on the worst-case margin of a ReLU TwoLayerNet.
-
-    method: 'interval' | 'linear' | 'dual' | 'quadratic' | 'best' (module docstring).
-    steps: FISTA iterations of 'dual'; qsteps, lr: Adam iterations and step of
-    'quadratic'; block: samples per vectorised block. focus: optional bool mask; the
-    optimised bounds run only there (e.g. ~RobustReport.broken: a point an attack breaks
-    cannot be certified), elsewhere the cheap bounds are reported. tight: run them on every
-    sample with a positive clean margin, not only where the certificate can still change
-    (the tightest lower values, slower).
-    """
-    check_args(norm, tau, method)
-    W, b = shrinkage_params(net)
-    X, y = _data(X, y, W.shape[1])
-    focus = np.ones(len(X), bool) if focus is None else np.asarray(focus, dtype=bool)
-    if focus.shape != (len(X),):
-        raise ValueError(f"focus of shape {focus.shape} is invalid: expected one bool per sample")
-    tau = float(tau)
-    t0 = time.perf_counter()
-    methods = ("interval", "linear", "dual", "quadratic") if method == "best" else (method,)
-    pre = _quad_pre(W, norm) if "quadratic" in methods and tau > 0 else None
-    absW = np.abs(W)
-    parts = {mth: [] for mth in methods}
-    for s in range(0, len(X), block):
-        sl = slice(s, s + block)
-        res = _bounds_block(W, b, absW, X[sl], y[sl], tau, norm, methods, steps, qsteps, lr, pre, focus[sl],
-                             tight)
-        for mth in methods:
-            parts[mth].append(res[mth])
-    per = {mth: (np.concatenate(v) if v else np.zeros(0)) for mth, v in parts.items()}
-    lower = np.max(np.stack([per[mth] for mth in methods]), axis=0) if len(X) else np.zeros(0)
-    cert = lower > 0
-    return CertResult(lower, cert, float(np.mean(cert)) if len(X) else float("nan"), method,
-                      time.perf_counter() - t0, norm, tau, per if method == "best" else {})
-
-
-def certify_radii(net, X, y, taus, norm: str = "l2", method: str = "best", **kw) -> list[CertResult]:
-    """Certificates at several radii, made monotone: a lower bound for the ball of radius
-    tau2 is also one for every smaller ball, so the bound at tau1 < tau2 is replaced by the
-    larger of the two (sound, and it makes every curve nonincreasing in tau even where the
-    optimisers are not run to convergence)."""
-    taus = [float(t) for t in taus]
-    for t in taus:
-        check_args(norm, t, method)
-    out: list[CertResult | None] = [None] * len(taus)
-    running = None
-    for j in np.argsort(taus)[::-1]:
-        res = certify(net, X, y, taus[j], norm, method, **kw)
-        if running is not None:
-            res.lower = np.maximum(res.lower, running)
-            res.certified = res.lower > 0
-            res.certified_accuracy = float(np.mean(res.certified)) if len(res.lower) else float("nan")
-        running = res.lower
-        out[j] = res
-    return out
-
-
-def certify_gap_diagnosis(net, X, y, tau, norm, attacked_broken_mask, n_exact: int = 20, cert=None,
-                          time_limit: float = 30.0, threshold: float = 0.10, seed: int = 0) -> dict:
-    """Why certified and attacked robust accuracy differ, checked with the exact verifier.
-
-    attacked_broken_mask: per sample, True where some attack (or the clean point) breaks it,
-    e.g. RobustReport.broken. cert: a CertResult for the same (X, y, tau, norm), computed if
-    None. When attacked - certified accuracy > threshold (10 points), up to n_exact gap points
-    (not certified, not broken by the attacks) are drawn with `seed` and decided exactly
-    (sim.exact.exact_check in decide mode, time_limit seconds each): a gap point proved
-    robust means the bound is loose there, one with a flipping perturbation found means the
-    attack is weak (e.g. gradient masking). Returns a dict with the accuracies, the counts,
-    an estimate of the true robust accuracy and a one-line 'verdict'.
-    """
-    from .exact import exact_check
-
-    check_args(norm, tau)
-    broken = np.asarray(attacked_broken_mask, dtype=bool)
-    if broken.shape != (len(np.atleast_1d(y)),):
-        raise ValueError(f"attacked_broken_mask of shape {broken.shape} is invalid: expected one bool per sample")
-    if cert is None:
-        cert = certify(net, X, y, tau, norm, focus=~broken)
-    # a sound bound and a valid attack never meet; with float32 forward passes a margin within
-    # rounding of 0 can, so such points are counted (and should be 0) rather than fatal
-    clash = int(np.sum(cert.certified & broken))
-    attacked = float(np.mean(~broken))
-    gap = attacked - cert.certified_accuracy
-    gap_idx = np.nonzero(~cert.certified & ~broken)[0]
-    out = {"norm": norm, "tau": float(tau), "certified_accuracy": cert.certified_accuracy,
-           "attacked_accuracy": attacked, "gap": gap, "flagged": bool(gap > threshold),
-           "n_gap_points": int(len(gap_idx)), "n_checked": 0, "robust": 0, "broken": 0, "undecided": 0,
-           "exact_seconds": 0.0, "checked_indices": [], "certified_but_attacked": clash,
-           "estimated_robust_accuracy": None}
-    if not out["flagged"]:
-        out["verdict"] = (f"gap {100 * gap:.1f} points <= {100 * threshold:.0f}: certified "
-                          f"{100 * cert.certified_accuracy:.1f} % and attacked {100 * attacked:.1f} % agree")
-        return out
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(gap_idx, size=min(n_exact, len(gap_idx)), replace=False))
-    chk = exact_check(net, X, y, tau, norm, max_samples=len(pick), time_limit=time_limit, indices=pick)
-    cnt = chk.counts()
-    out.update(n_checked=len(pick), exact_seconds=chk.seconds, checked_indices=[int(i) for i in pick], **cnt)
-    n_dec = cnt["robust"] + cnt["broken"]
-    head = (f"gap {100 * gap:.1f} points (certified {100 * cert.certified_accuracy:.1f} %, attacked "
-            f"{100 * attacked:.1f} %); exact verifier on {len(pick)} of {len(gap_idx)} gap points: "
-            f"{cnt['robust']} robust, {cnt['broken']} breakable, {cnt['undecided']} undecided")
-    if n_dec == 0:
-        out["verdict"] = head + " -> undecided (the exact verifier timed out; raise time_limit)"
-        return out
-    share = cnt["robust"] / n_dec
-    out["estimated_robust_accuracy"] = cert.certified_accuracy + len(gap_idx) / len(broken) * share
-    if share >= 0.5:
-        why = "bound loose" + ("" if cnt["broken"] == 0 else " (mostly; the attack also misses some)")
-    else:
-        why = "attack weak (gradient masking?)" + ("" if cnt["robust"] == 0 else " (mostly; the bound is also loose)")
-    out["verdict"] = head + f" -> {why}; estimated robust accuracy {100 * out['estimated_robust_accuracy']:.1f} %"
-    return out

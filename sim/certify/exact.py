@@ -395,7 +395,7 @@ def exact_solve(net, x, y, tau, norm="l2", time_limit=60.0, tol=1e-6, decide=Fal
     if decide:
         if best_val <= 0:
             return done("decided", lower, 0)
-        from .bounds import certify
+        from .certificate import certify
 
         lower = float(certify(net, x[None, :], np.array([y]), tau, norm, "best").lower[0])
         if lower > 0:

@@ -145,7 +145,7 @@ def _report_dict(rep: attacks.RobustReport) -> dict:
 def _certify_into(entry: dict, net, X, y, tau, norm, rep, vc: VerifyConfig) -> None:
     """Add certified_acc, the certificate's time and, for a gap > 10 points, the exact
     verifier's diagnosis (bound loose or attack weak) to a robust-accuracy entry."""
-    from sim.certify.bounds import certify, certify_gap_diagnosis
+    from sim.certify import certify, certify_gap_diagnosis
 
     cert = certify(net, X, y, tau, norm, focus=~rep.broken)
     entry["certified_acc"] = cert.certified_accuracy

@@ -81,7 +81,7 @@ def run_cell(cfg: CellConfig) -> dict:
             for a, v in rep.per_attack.items():
                 rows.append(_row(name, f"attack:{a}", v, norm, t))
         if cfg.certify and cfg.run.model.activation == "relu":
-            from sim.certify.bounds import certify_radii
+            from sim.certify import certify_radii
 
             for t, res in zip(taus, certify_radii(net, Xe, ye, taus, norm, cfg.certify_method,
                                                   steps=cfg.certify_steps)):

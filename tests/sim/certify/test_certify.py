@@ -8,12 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim import attacks
+from sim.certify import (METHODS, NORMS, box_quadratic_bound, certify, certify_gap_diagnosis, certify_radii, margins,
+                         shrinkage_params)
 from sim.certify import bounds as cmod
-from sim.certify.bounds import (METHODS, NORMS, box_quadratic_bound, certify, certify_gap_diagnosis, certify_radii,
-                         margins, shrinkage_params)
-from sim.model.config import ModelConfig
+from sim.certify import quadratic
 from sim.certify.exact import bn_levels, exact_check, exact_min_margin, exact_solve
+from sim.model.config import ModelConfig
 from sim.model.network import TwoLayerNet
+from tests import naive
 
 TOL = 1e-5  # HiGHS works to feasibility tolerances of about 1e-7 per row
 
@@ -269,23 +271,23 @@ def test_kernels_match_the_numpy_references():
             blk = cmod._block(W, b, X, y, tau, norm)
             A = rng.uniform(0, 1, (n, m))
             Gm = np.where(rng.random((n, m)) < 0.3, 0.0, rng.exponential(2.0, (n, m)))
-            for got, ref in ((cmod._beta(blk.G, blk.V, A), cmod.beta_np(blk.G, blk.V, A)),
-                             (cmod._kappa(blk.C, blk.V, b, A, Gm), cmod.kappa_np(blk.C, blk.V, b, A, Gm))):
+            for got, ref in ((cmod._beta(blk.G, blk.V, A), naive.beta_np(blk.G, blk.V, A)),
+                             (cmod._kappa(blk.C, blk.V, b, A, Gm), naive.kappa_np(blk.C, blk.V, b, A, Gm))):
                 np.testing.assert_allclose(got[0], ref[0], rtol=1e-13, atol=1e-13)
                 np.testing.assert_allclose(got[1], ref[1], rtol=1e-13, atol=1e-13)
             lo, hi = cmod._pieces(blk)
             Z, T = rng.normal(0.5, 1, (n, m)), rng.exponential(1.0, n)
-            np.testing.assert_allclose(cmod._prox(Z, T, blk.V, blk.G, lo, hi), cmod.prox_np(Z, T, blk.V, blk.G, lo, hi),
+            np.testing.assert_allclose(cmod._prox(Z, T, blk.V, blk.G, lo, hi), naive.prox_np(Z, T, blk.V, blk.G, lo, hi),
                                        rtol=1e-12, atol=1e-12)
             # kappa is the minimum over the interval: no point of a fine grid is lower
             grid = np.linspace(-1, 1, 2001)[None, None, :] * blk.r[None, :, None]
             phi = (cmod.shrink(blk.C[..., None] + grid, b[None, :, None]) - A[..., None] * grid
                    + Gm[..., None] * grid ** 2)
-            assert np.all(cmod.kappa_np(blk.C, blk.V, b, A, Gm)[0] <= phi.min(-1) + 1e-12)
+            assert np.all(naive.kappa_np(blk.C, blk.V, b, A, Gm)[0] <= phi.min(-1) + 1e-12)
     s = np.sort(rng.exponential(1.0, d))
     gb = rng.exponential(1.0, n)
     Ut = rng.standard_normal((n, d))
-    got, ref = cmod._trs(Ut, s, gb, 0.7), cmod.trs_np(Ut, gb[:, None] * s[None, :], 0.7)
+    got, ref = quadratic._trs(Ut, s, gb, 0.7), quadratic.trs_np(Ut, gb[:, None] * s[None, :], 0.7)
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
 
@@ -298,7 +300,7 @@ def test_trust_region_value_is_the_minimum_over_the_disk(seed, tau):
     Amat = B @ B.T
     lam, V = np.linalg.eigh(Amat)
     u = rng.standard_normal(2) * rng.choice([0.01, 1.0, 10.0])
-    val, Dt, _ = cmod.trs_np((u @ V)[None, :], lam[None, :], tau)
+    val, Dt, _ = quadratic.trs_np((u @ V)[None, :], lam[None, :], tau)
     rad, ang = np.linspace(0, tau, 401), np.linspace(0, 2 * np.pi, 1801)
     P = np.stack([np.outer(rad, np.cos(ang)).ravel(), np.outer(rad, np.sin(ang)).ravel()], 1)
     dense = np.min(P @ u - np.einsum("ij,jk,ik->i", P, Amat, P))
