@@ -17,6 +17,8 @@ import math
 import numpy as np
 import torch
 
+from sim.measures import beta_split  # the one definition of the split, shared with the simulator
+
 EPS = 1e-12
 
 
@@ -31,22 +33,18 @@ def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 
 def purification(w_clean: torch.Tensor, w_adv: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per neuron: beta, |beta w'|, |v|, whether |beta w'| > |v|, cos(w, w').
+    """Per neuron: beta, |beta w'|, |v|, whether |beta w'| > |v|, cos(w, w') (the split is
+    sim.measures.beta_split, in float64).
 
     A neuron with w' = 0 gets beta = 0 (v = w) and does not count as dominated."""
     if w_clean.shape != w_adv.shape:
         raise ValueError(f"weight shapes differ: clean {tuple(w_clean.shape)} vs adversarial {tuple(w_adv.shape)}")
-    w, wp = _rows(w_clean), _rows(w_adv)
-    sq = (wp * wp).sum(1)
-    beta = torch.where(sq > EPS, (w * wp).sum(1) / sq.clamp_min(EPS), torch.zeros_like(sq))
-    proj = beta[:, None] * wp
-    v = w - proj
-    proj_norm, v_norm = proj.norm(dim=1), v.norm(dim=1)
+    beta, _, proj_norm, v_norm = beta_split(_rows(w_clean).numpy(), _rows(w_adv).numpy())
     return {
-        "beta": beta.numpy(),
-        "proj_norm": proj_norm.numpy(),
-        "v_norm": v_norm.numpy(),
-        "dominated": (proj_norm > v_norm).numpy(),
+        "beta": beta,
+        "proj_norm": proj_norm,
+        "v_norm": v_norm,
+        "dominated": proj_norm > v_norm,
         "cos": cosine_rows(w_clean, w_adv),
     }
 

@@ -41,7 +41,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from .experiments.report import claims_table
+    from .claims import claims_table
     from .experiments.verify import VerifyConfig, quick_config, run_verify
 
     vc = quick_config() if args.quick else VerifyConfig()

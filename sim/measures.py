@@ -80,19 +80,26 @@ def dense_output_share(net: TwoLayerNet, M, X, threshold=0.5) -> float:
     return float(np.mean(np.abs(f - f_p)) / den) if den > 0 else 0.0
 
 
-def purification(W_clean, W_adv, M=None, threshold=0.5):
-    """Per-neuron C4 split w_i = beta_i w'_i + v_i: arrays beta, v_norm, proj_norm, purified
-    (|beta_i w'_i| > |v_i|) and, given M, dense_share_of_v."""
+def beta_split(W_clean, W_adv):
+    """The C4 split of each row, w_i = beta_i w'_i + v_i with beta_i = <w_i, w'_i> / |w'_i|^2 (least
+    squares, so <v_i, w'_i> = 0; beta_i = 0 and v_i = w_i where w'_i = 0), in float64 (rows:
+    neurons; a conv layer's filters flattened). Returns (beta, V, |beta_i w'_i|, |v_i|).
+    The one definition for sim and for cifar's measures."""
     W = np.asarray(W_clean, np.float64)
     Wa = np.asarray(W_adv, np.float64)
     na2 = np.sum(Wa * Wa, axis=1)
     beta = np.where(na2 > 0, np.sum(W * Wa, axis=1) / np.where(na2 > 0, na2, 1.0), 0.0)
     V = W - beta[:, None] * Wa
-    proj = np.abs(beta) * np.sqrt(na2)
-    vn = np.linalg.norm(V, axis=1)
+    return beta, V, np.abs(beta) * np.sqrt(na2), np.linalg.norm(V, axis=1)
+
+
+def purification(W_clean, W_adv, M=None, threshold=0.5):
+    """Per-neuron C4 split w_i = beta_i w'_i + v_i: arrays beta, v_norm, proj_norm, purified
+    (|beta_i w'_i| > |v_i|) and, given M, dense_share_of_v."""
+    beta, V, proj, vn = beta_split(W_clean, W_adv)
     out = {"beta": beta, "v_norm": vn, "proj_norm": proj, "purified": proj > vn}
     if M is not None:
-        P = principal_mask(coefficients(Wa, M), threshold)
+        P = principal_mask(coefficients(np.asarray(W_adv, np.float64), M), threshold)
         Cv = coefficients(V, M)
         tot = np.sum(Cv ** 2, axis=1)
         out["dense_share_of_v"] = np.where(tot > 0, np.sum(np.where(P, 0.0, Cv) ** 2, axis=1) / np.where(tot > 0, tot, 1), 0.0)
@@ -124,3 +131,22 @@ def summarize_purification(W_clean, W_adv, W_init, M, threshold=0.5, learned_fra
             "beta_median": float(np.median(p["beta"][keep])),
             "init_corr_clean": float(np.mean(init_correlation(W_clean, W_init)[keep])),
             "init_corr_adv": float(np.mean(init_correlation(W_adv, W_init)[keep]))}
+
+
+def dictionary_picture(C0: np.ndarray, Ca: np.ndarray, n_neurons: int = 48, n_atoms: int = 64) -> dict:
+    """What the weights-in-the-dictionary-basis figures show: the n_neurons largest neurons of
+    the clean coefficients C0 = M^T W (rows sorted by principal atom), on n_atoms atoms that
+    include every shown neuron's principal atom first, then the lowest others (columns in
+    atom order); |c_ij| / max_j |c_ij| for the clean (C0) and adversarially trained (Ca)
+    coefficients. Returns {neurons, atoms, clean, adv} (float32 pictures)."""
+    keep = np.argsort(-np.linalg.norm(C0, axis=1), kind="stable")[:n_neurons]
+    order = keep[np.argsort(np.argmax(np.abs(C0[keep]), axis=1), kind="stable")]
+    principal = np.argmax(np.abs(C0[order]), axis=1)
+    atoms = list(dict.fromkeys(principal.tolist()))
+    atoms += [j for j in range(C0.shape[1]) if j not in set(atoms)][:max(0, n_atoms - len(atoms))]
+    atoms = np.array(sorted(atoms[:n_atoms]))
+    out = {"neurons": order, "atoms": atoms}
+    for name, C in (("clean", C0), ("adv", Ca)):
+        A = np.abs(C[order][:, atoms])
+        out[name] = (A / np.maximum(np.abs(C[order]).max(axis=1, keepdims=True), 1e-300)).astype(np.float32)
+    return out

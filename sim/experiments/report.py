@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sim import measures  # noqa: E402
+from sim.claims import _fmt, claims_table  # noqa: E402
 from sim.common.figures import save_figure  # noqa: E402
 from sim.common.files import atomic_write_bytes  # noqa: E402
 
@@ -51,32 +52,16 @@ def figure_trace(doc, path):
 
 
 def figure_weights(clean, W_adv, path, threshold=0.5, n_neurons=48, n_atoms=64):
-    """|c_ij| for neurons (rows) sorted by principal atom, atoms (columns), before and after."""
+    """|c_ij| for neurons (rows) sorted by principal atom, atoms (columns), before and after: the
+    atoms shown include each shown neuron's principal atom (sim.measures.dictionary_picture)."""
     p = clean.problem
-    C0 = measures.coefficients(clean.net.W, p.M)
-    Ca = measures.coefficients(W_adv, p.M)
-    keep = np.argsort(-np.linalg.norm(C0, axis=1))[:n_neurons]
-    order = keep[np.argsort(np.argmax(np.abs(C0[keep]), axis=1))]
-    atoms = np.unique(np.concatenate([np.argmax(np.abs(C0[order]), axis=1), np.arange(p.cfg.D)]))[:n_atoms]
+    pic = measures.dictionary_picture(measures.coefficients(clean.net.W, p.M), measures.coefficients(W_adv, p.M),
+                                      n_neurons, n_atoms)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    for ax, C, title in ((axes[0], C0, "clean training"), (axes[1], Ca, "after adversarial training")):
-        A = np.abs(C[order][:, atoms])
-        A = A / np.maximum(A.max(axis=1, keepdims=True), 1e-300)
-        ax.imshow(A, aspect="auto", cmap="magma", vmin=0, vmax=1)
+    for ax, key, title in ((axes[0], "clean", "clean training"), (axes[1], "adv", "after adversarial training")):
+        ax.imshow(pic[key], aspect="auto", cmap="magma", vmin=0, vmax=1)
         ax.set(title=f"{title}: |M^T w_i| / max", xlabel="atom", ylabel="neuron (sorted by principal atom)")
     _save(fig, path)
-
-
-def _fmt(v):
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def claims_table(claims) -> str:
-    rows = ["| id | measured | value | threshold | holds |", "| --- | --- | --- | --- | --- |"]
-    for c in claims:
-        rows.append(f"| {c['id']} | {c['description']} | {_fmt(c['value'])} | {c['threshold']} | "
-                    f"{'yes' if c['holds'] else '**no**'} |")
-    return "\n".join(rows)
 
 
 def write_report(doc, clean, out: Path):

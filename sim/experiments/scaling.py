@@ -20,7 +20,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sim import attacks
-from .verify import VerifyConfig, adversarial_training
+from sim.claims import CLAIMS, c6_window, judge
+from sim.train.adversarial import adversarial_training
+
+from .verify import VerifyConfig
 from sim.train.clean import train_clean
 
 
@@ -62,28 +65,25 @@ def scaling_rows(vc: VerifyConfig, sc: ScalingConfig, quiet=False) -> list[dict]
         curve = [{"tau": t, "clean_net": _robust_light(clean.net, X, y, t, v),
                   "adv_net": _robust_light(adv, X, y, t, v), "linear": linear_robust(te.x, te.y, v, t)}
                  for t in sc.radii]
-        first = lambda key: next((c["tau"] for c in curve if c[key] <= 0.10), float("inf"))  # noqa: E731
-        ok = [c["tau"] for c in curve if c["adv_net"] >= 0.90]
-        tau_c3 = max(ok) if ok else 0.0
-        lo = max(first("clean_net"), first("linear"))
-        rows.append({"d": d, "k": k, "k_mode": mode, "tau_C1": first("clean_net"), "tau_lin": first("linear"),
-                     "tau_C3": tau_c3, "window": max(0.0, tau_c3 - lo) if np.isfinite(lo) else 0.0,
-                     "clean_acc": clean.log.rows[-1]["test_acc"], "adv_clean_acc": adv.accuracy(X, y),
-                     "curve": curve, "seconds": time.perf_counter() - t0})
+        clean_acc, adv_clean_acc = clean.log.rows[-1]["test_acc"], adv.accuracy(X, y)
+        w = c6_window(sc.radii, {c["tau"]: c["clean_net"] for c in curve}, [{c["tau"]: c["linear"] for c in curve}],
+                      {c["tau"]: c["adv_net"] for c in curve}, clean_acc, adv_clean_acc)
+        rows.append({"d": d, "k": k, "k_mode": mode, "tau_C1": w["tau_C1"], "tau_lin": w["tau_lin"],
+                     "tau_C3": w["tau_C3"], "window": w["width"], "clean_acc": clean_acc,
+                     "adv_clean_acc": adv_clean_acc, "curve": curve, "seconds": time.perf_counter() - t0})
     return rows
 
 
 def scaling_claims(rows):
-    from .verify import Claim
-
+    """C6-fixed and C6-power: the window widens monotonically with d (CLAIMS['C6'])."""
     out = []
     for mode in ("fixed", "power"):
         rs = sorted((r for r in rows if r["k_mode"] == mode), key=lambda r: r["d"])
         widths = [r["window"] for r in rs]
-        widens = all(b >= a for a, b in zip(widths, widths[1:])) and widths[-1] > widths[0]
+        widens = all(b >= a for a, b in zip(widths, widths[1:])) and CLAIMS["C6"].holds(widths[-1] - widths[0])
         desc = (f"window (max(tau_C1, tau_lin), tau_C3] widens with d, k {mode}: widths "
                 + ", ".join(f"d={r['d']}: {r['window']:.3g}" for r in rs))
-        out.append(Claim(f"C6-{mode}", desc, widths[-1] - widths[0], "> 0 and monotone", widens))
+        out.append(judge("C6", f"-{mode}", desc, widths[-1] - widths[0], holds=widens))
     return out
 
 
@@ -96,7 +96,9 @@ def run_scaling(vc: VerifyConfig, sc: ScalingConfig, out, quiet=False) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import _save, claims_table
+    from sim.claims import claims_table
+
+    from .report import _save
     from sim.common.files import atomic_write_bytes, atomic_write_json
     from sim.common.meta import versions
 

@@ -17,15 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from sim import attacks, measures
-from sim.train.adversarial import make_perturb
+from sim.claims import C5_TEXT, CLAIMS, Claim, judge
+from sim.train.adversarial import adversarial_training
 from sim.model.config import (_NESTED, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _check_choice, _check_int,
                      _check_real, _Frozen)
 from sim.model.network import TwoLayerNet
 from sim.common.files import atomic_write_json
-from sim.train.rundir import MetricsLog
 from sim.common.meta import versions
 from sim.train.clean import CleanRun, train_clean
-from sim.train.loop import gradient_descent
 
 
 @dataclass(frozen=True)
@@ -119,19 +118,6 @@ def quick_config() -> VerifyConfig:
 _NESTED[("VerifyConfig", "run")] = RunConfig  # so VerifyConfig.from_dict builds the nested RunConfig
 
 
-@dataclass
-class Claim:
-    id: str
-    description: str
-    value: float
-    threshold: str
-    holds: bool
-
-    def to_dict(self):
-        return {"id": self.id, "description": self.description, "value": self.value, "threshold": self.threshold,
-                "holds": bool(self.holds)}
-
-
 def _robust(model, X, y, tau, norm, direction, vc: VerifyConfig, seed=0):
     return attacks.evaluate_robustness(model, X, y, tau, norm, direction=direction, pgd_steps=vc.pgd_steps,
                                        pgd_restarts=vc.pgd_restarts, seed=seed)
@@ -159,42 +145,6 @@ def _certify_into(entry: dict, net, X, y, tau, norm, rep, vc: VerifyConfig) -> N
                                      time_limit=vc.exact_time_limit)
         entry["gap_diagnosis"] = {k: v for k, v in diag.items() if isinstance(v, (int, float, str, bool))}
         entry["exact_seconds"] = time.perf_counter() - t
-
-
-def adversarial_training(clean: CleanRun, vc: VerifyConfig, norm: str, kind: str, steps: int,
-                         quiet: bool, track: bool = True):
-    """Train a copy of the clean net on perturbed points; returns (net, log, trace).
-
-    trace: the purification measures and a light robust accuracy (FGM + dense) every
-    adv_measure_every steps, on a subsample of the test set.
-    """
-    p, te = clean.problem, clean.test
-    tau = vc.tau(norm)
-    net = clean.net.copy()
-    if vc.adv_beta is not None:
-        net.model = net.model.replace(bias="schedule", beta=net.beta, beta_end=vc.adv_beta,
-                                      ramp_steps=vc.adv_beta_ramp)
-    tcfg = TrainConfig(lr=vc.adv_lr, steps=steps, mode=vc.adv_mode, batch_size=vc.adv_batch,
-                       dtype=clean.cfg.train.dtype, eval_every=max(1, steps // 10))
-    trace = []
-    Xs, ys = te.x[:300], te.y[:300]
-
-    def on_snapshot(step, n):
-        if not track:
-            return
-        dm = measures.summarize_dense(n, p.M, p.wstar, Xs, vc.principal_threshold)
-        pm = measures.summarize_purification(clean.net.W, n.W, clean.W_init, p.M, vc.principal_threshold)
-        light = min(attacks.fgm(n, Xs, ys, tau, norm).robust_accuracy,
-                    attacks.dense(n, Xs, ys, tau, p.bayes_direction, norm).robust_accuracy)
-        trace.append({"step": step, "dense_cos_mean": dm["dense_cos_mean"], "dense_ratio_mean": dm["dense_ratio_mean"],
-                      "purified_share": pm["purified_share"], "robust_acc_fgm_dense": light})
-
-    tcfg = tcfg.replace(snapshot_every=vc.adv_measure_every)
-    log = MetricsLog(None)
-    data = clean.train if vc.adv_mode == "full_batch" else None
-    gradient_descent(net, p, data, te, tcfg, perturb=make_perturb(kind, tau, norm, clean.cfg.data), log=log,
-                     on_snapshot=on_snapshot, quiet=quiet, desc=f"{kind} training ({norm})")
-    return net, log, trace
 
 
 def robust_curve(net: TwoLayerNet, clean: CleanRun, vc: VerifyConfig, norm: str, n=300):
@@ -278,33 +228,28 @@ def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False) -> dict:
 
 
 def threat_claims(norm, tau, tm, clean_dense, vc) -> list[Claim]:
+    """C1-C4 and the random-noise control at one threat model (thresholds: sim.claims.CLAIMS)."""
     tag = f"{norm} tau={tau:g}"
+    sfx = f"-{norm}"
     c, a, r = tm["clean_net"], tm["adv_net"], tm["random_control_net"]
     pur, ad = tm["purification"], tm["adv_dense"]
     attack_set = f"best of PGD-{vc.pgd_steps}x{vc.pgd_restarts}, FGM, dense, random"
     ratio = abs(clean_dense["dense_cos_mean"]) / max(abs(ad["dense_cos_mean"]), 1e-12)
     init_corr = max(pur["init_corr_clean"], pur["init_corr_adv"])
+    kind = vc.adv_kind.upper()
     return [
-        Claim(f"C1-robust-{norm}", f"clean network: robust accuracy at {tag} ({attack_set})", c["robust_acc"],
-              "<= 0.10", c["robust_acc"] <= 0.10),
-        Claim(f"C3-robust-{norm}", f"{vc.adv_kind.upper()}-trained network: robust accuracy at {tag} ({attack_set})",
-              a["robust_acc"], ">= 0.90", a["robust_acc"] >= 0.90),
-        *([Claim(f"C3-certified-{norm}", f"{vc.adv_kind.upper()}-trained network: certified robust accuracy at {tag}"
-                 " (sound lower bound: any perturbation in the ball)", a["certified_acc"], ">= 0.80",
-                 a["certified_acc"] >= 0.80)] if "certified_acc" in a else []),
-        Claim(f"C3-clean-{norm}", f"{vc.adv_kind.upper()}-trained network: clean accuracy", a["clean_acc"], ">= 0.97",
-              a["clean_acc"] >= 0.97),
-        Claim(f"C3-masking-{norm}", "no gradient masking: non-gradient attacks break <= 1 % of points FGM and PGD miss"
-              " (clean and adversarial networks)", float(c["masking_flag"] or a["masking_flag"]), "== 0",
-              not (c["masking_flag"] or a["masking_flag"])),
-        Claim(f"C2C4-align-{norm}", "|dense-part cosine with w*|: clean / adversarially trained", ratio, ">= 5",
-              ratio >= 5),
-        Claim(f"C4-purified-{norm}", "share of learned neurons with |beta_i w'_i| > |v_i|", pur["purified_share"],
-              ">= 0.80", pur["purified_share"] >= 0.80),
-        Claim(f"C4-init-{norm}", "mean |cos| of clean and adversarial weights with their init (max of the two)",
-              init_corr, "<= 0.20", init_corr <= 0.20),
-        Claim(f"control-{norm}", "random-noise training at the same radius: robust accuracy (must stay low)",
-              r["robust_acc"], "<= 0.50 [ours]", r["robust_acc"] <= 0.50),
+        judge("C1-robust", sfx, f"clean network: robust accuracy at {tag} ({attack_set})", c["robust_acc"]),
+        judge("C3-robust", sfx, f"{kind}-trained network: robust accuracy at {tag} ({attack_set})", a["robust_acc"]),
+        *([judge("C3-certified", sfx, f"{kind}-trained network: certified robust accuracy at {tag}"
+                 " (sound lower bound: any perturbation in the ball)", a["certified_acc"])]
+          if "certified_acc" in a else []),
+        judge("C3-clean", sfx, f"{kind}-trained network: clean accuracy", a["clean_acc"]),
+        judge("C3-masking", sfx, "no gradient masking: non-gradient attacks break <= 1 % of points FGM and PGD miss"
+              " (clean and adversarial networks)", float(c["masking_flag"] or a["masking_flag"])),
+        judge("C2C4-align", sfx, CLAIMS["C2C4-align"].measured, ratio),
+        judge("C4-purified", sfx, CLAIMS["C4-purified"].measured, pur["purified_share"]),
+        judge("C4-init", sfx, CLAIMS["C4-init"].measured, init_corr),
+        judge("control", sfx, CLAIMS["control"].measured, r["robust_acc"]),
     ]
 
 
@@ -314,19 +259,20 @@ def lower_bound_claims(norm, tau, tm) -> list[Claim]:
     The hand-built ('oracle') cubic is judged on its own: it is a degree-3 polynomial made
     from M and w*, not trained, and tells whether the class itself can be robust here.
     """
+    lin_c, other_c, net_c = CLAIMS["C5-linear"], CLAIMS["C5-other"], CLAIMS["C3-robust"]
     rows = tm["lower_bound"]
     trained = [r for r in rows if r["training"] != "oracle"]
     linear = [r["robust_acc"] for r in trained if r["model"] == "linear"]
     other = [r["robust_acc"] for r in trained if r["model"] != "linear"]
     net = tm["adv_net"]["robust_acc"]
     worst = max(linear + other)
-    holds = max(linear, default=0) <= 0.10 and max(other, default=0) <= 0.20 and net >= 0.90
+    holds = lin_c.holds(max(linear, default=0)) and other_c.holds(max(other, default=0)) and net_c.holds(net)
     out = [Claim(f"C5-{norm}", f"best robust accuracy at {norm} tau={tau:g} of linear (exact), polynomial and NTK models"
-                 f" (clean/adversarial, N and 10N); holds if linear <= 0.10, others <= 0.20 and the network >= 0.90"
-                 f" (network: {net:.3f})", worst, "<= 0.10 linear, <= 0.20 others", holds)]
+                 f" (clean/adversarial, N and 10N); holds if linear {lin_c.text}, others {other_c.text} and the network"
+                 f" {net_c.text} (network: {net:.3f})", worst, C5_TEXT, holds)]
     for r in rows:
         if r["training"] == "oracle":
             out.append(Claim(f"C5-oracle-{r['model']}-{norm}", f"hand-built (not trained) {r['model']} from M and w*:"
-                             " robust accuracy; the class bound says <= 0.20", r["robust_acc"], "<= 0.20",
-                             r["robust_acc"] <= 0.20))
+                             f" robust accuracy; the class bound says {other_c.text}", r["robust_acc"], other_c.text,
+                             other_c.holds(r["robust_acc"])))
     return out

@@ -23,22 +23,6 @@ def _row(model, metric, value, norm="", tau=None) -> dict:
             "value": float(value)}
 
 
-def _picture(C0: np.ndarray, Ca: np.ndarray, n_neurons=48, n_atoms=64) -> dict:
-    """|c_ij| / max_j |c_ij| of the largest neurons (sorted by principal atom) on the atoms
-    they pick first, for the clean and the adversarially trained weights (as sim.report)."""
-    keep = np.argsort(-np.linalg.norm(C0, axis=1), kind="stable")[:n_neurons]
-    order = keep[np.argsort(np.argmax(np.abs(C0[keep]), axis=1), kind="stable")]
-    principal = np.argmax(np.abs(C0[order]), axis=1)
-    atoms = list(dict.fromkeys(principal.tolist()))
-    atoms += [j for j in range(C0.shape[1]) if j not in set(atoms)][:max(0, n_atoms - len(atoms))]
-    atoms = np.array(sorted(atoms[:n_atoms]))
-    out = {"neurons": order, "atoms": atoms}
-    for name, C in (("clean", C0), ("adv", Ca)):
-        A = np.abs(C[order][:, atoms])
-        out[name] = (A / np.maximum(np.abs(C[order]).max(axis=1, keepdims=True), 1e-300)).astype(np.float32)
-    return out
-
-
 def run_cell(cfg: CellConfig) -> dict:
     """The job of one cell: train, attack, measure; returns the rows and the records.
 
@@ -53,7 +37,7 @@ def run_cell(cfg: CellConfig) -> dict:
     from sim import attacks, measures
     from sim.common.meta import versions
     from sim.train.clean import data_summary, train_clean
-    from sim.experiments.verify import adversarial_training
+    from sim.train.adversarial import adversarial_training
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     timings = {}
@@ -139,7 +123,8 @@ def run_cell(cfg: CellConfig) -> dict:
                     rows.append(_row(name, "robust_acc", lb["robust_acc"], norm, r * tau))
             timings[f"lower_bound_{norm}"] = time.perf_counter() - t1
         if ni == 0:
-            pictures = _picture(measures.coefficients(clean.net.W, p.M), measures.coefficients(adv.W, p.M))
+            pictures = measures.dictionary_picture(measures.coefficients(clean.net.W, p.M),
+                                                   measures.coefficients(adv.W, p.M))
         if cfg.save_weights:
             weights[f"W_adv_{norm}"] = adv.W
     timings["total"] = time.perf_counter() - t0

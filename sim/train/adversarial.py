@@ -1,12 +1,17 @@
 """Adversarial training from the clean-trained weights [paper]: gradient descent on
 points perturbed at each step by FGM, PGD, or random noise of the same radius (a
-control that must not give robustness)."""
+control that must not give robustness). Perturb/make_perturb give the perturbation,
+adversarial_training runs it from a clean run (as verify, scaling and the sweep job do)."""
 from __future__ import annotations
 
 import numpy as np
 
-from sim import attacks
+from sim import attacks, measures
+from sim.model.config import TrainConfig
 from sim.model.data import STREAM_ATTACK, stream
+
+from .loop import gradient_descent
+from .rundir import MetricsLog
 
 KINDS = ("fgm", "pgd", "random")
 
@@ -56,3 +61,40 @@ class Perturb:
 def make_perturb(kind: str, tau: float, norm: str, data_cfg, pgd_steps: int = 10, fused: bool = True) -> Perturb:
     """A Perturb for sim.train.gradient_descent (see Perturb)."""
     return Perturb(kind, tau, norm, data_cfg, pgd_steps, fused)
+
+
+def adversarial_training(clean, vc, norm: str, kind: str, steps: int, quiet: bool, track: bool = True):
+    """Train a copy of the clean net (a sim.train.clean.CleanRun) on perturbed points; returns
+    (net, log, trace). vc: a sim.experiments.verify.VerifyConfig (its tau(norm), adv_* fields and
+    principal_threshold are read).
+
+    trace: the purification measures and a light robust accuracy (FGM + dense) every
+    adv_measure_every steps, on a subsample of the test set.
+    """
+    p, te = clean.problem, clean.test
+    tau = vc.tau(norm)
+    net = clean.net.copy()
+    if vc.adv_beta is not None:
+        net.model = net.model.replace(bias="schedule", beta=net.beta, beta_end=vc.adv_beta,
+                                      ramp_steps=vc.adv_beta_ramp)
+    tcfg = TrainConfig(lr=vc.adv_lr, steps=steps, mode=vc.adv_mode, batch_size=vc.adv_batch,
+                       dtype=clean.cfg.train.dtype, eval_every=max(1, steps // 10))
+    trace = []
+    Xs, ys = te.x[:300], te.y[:300]
+
+    def on_snapshot(step, n):
+        if not track:
+            return
+        dm = measures.summarize_dense(n, p.M, p.wstar, Xs, vc.principal_threshold)
+        pm = measures.summarize_purification(clean.net.W, n.W, clean.W_init, p.M, vc.principal_threshold)
+        light = min(attacks.fgm(n, Xs, ys, tau, norm).robust_accuracy,
+                    attacks.dense(n, Xs, ys, tau, p.bayes_direction, norm).robust_accuracy)
+        trace.append({"step": step, "dense_cos_mean": dm["dense_cos_mean"], "dense_ratio_mean": dm["dense_ratio_mean"],
+                      "purified_share": pm["purified_share"], "robust_acc_fgm_dense": light})
+
+    tcfg = tcfg.replace(snapshot_every=vc.adv_measure_every)
+    log = MetricsLog(None)
+    data = clean.train if vc.adv_mode == "full_batch" else None
+    gradient_descent(net, p, data, te, tcfg, perturb=make_perturb(kind, tau, norm, clean.cfg.data), log=log,
+                     on_snapshot=on_snapshot, quiet=quiet, desc=f"{kind} training ({norm})")
+    return net, log, trace
