@@ -165,13 +165,12 @@ class RandomStarts:
         return out
 
 
-PGD_BLOCKS = 4  # pgd attacks 1/PGD_BLOCKS of the points at a time (at least 2 row chunks a thread)
 
 
 def _pgd_rows(n: int) -> int:
     import numba
 
-    from .model.kernels import CHUNK
+    from .model.tuning import CHUNK, PGD_BLOCKS
 
     return max(2 * CHUNK * numba.get_num_threads(), -(-n // PGD_BLOCKS))
 

@@ -39,6 +39,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .tuning import CHUNK  # compiled into the kernels below (see tuning's note)
+
 # Threading layer: Numba picks OpenMP (GNU libgomp) when TBB is missing, and libgomp's
 # threads spin-wait between parallel regions; on a machine shared with other processes
 # (more runnable threads than cores) that made each parallel kernel up to 10x slower than
@@ -50,7 +52,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 RELU, SMOOTH_RELU = 0, 1
-CHUNK = 128  # rows per parallel chunk (fixed, so reductions do not depend on threads)
+# CHUNK: rows per parallel chunk (fixed, so reductions do not depend on threads); see tuning
 
 
 @njit(cache=True, inline="always")
@@ -262,9 +264,7 @@ def output_grad_stage(U, b, act, q, rho):
 # increasing index order (samples for G^T X, neurons for G B), whatever the blocking and
 # the thread count: the bits do not depend on either.
 
-SPARSE_TILE_BYTES = 1 << 21  # output rows per task in sparse_tn: tile x d x itemsize <= this
-SPARSE_ROW_BLOCK = 128  # samples per pass in sparse_tn
-SPARSE_NN_ROWS = 16  # output rows per task in sparse_nn
+# The tile sizes of sparse_tn and sparse_nn are in sim.model.tuning (SPARSE_*).
 
 
 @njit(cache=True, inline="always")

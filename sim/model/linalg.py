@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-ROW_BLOCK = 256  # output rows per task (fixed: part of the definition of the result)
+from .tuning import ROW_BLOCK  # output rows per task (fixed: part of the definition of the result)
 
 _controller = None
 _pools: dict[int, ThreadPoolExecutor] = {}

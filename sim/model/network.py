@@ -11,29 +11,19 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from . import kernels
+from . import kernels, tuning
 from .linalg import gram, matmul
 from .config import ModelConfig, RunConfig
 from .data import STREAM_INIT, stream
 
 ACTIVATIONS = {"relu": kernels.RELU, "smooth_relu": kernels.SMOOTH_RELU}
 
-# The backward products G^T X and G W skip the zeros of G (silent neurons) when at most
-# this share of its entries is nonzero (half of it for short rows, d < 512); above it the
-# dense blocked BLAS product is faster (measured break-even: about 0.3 at d = 1024, 0.15 at
-# d = 256, on AVX-512 OpenBLAS).
-SPARSE_MAX_DENSITY = 0.2
-
-
-FGM_BLOCKS = 8  # fgm_loss_and_grad holds dg/du for 1/FGM_BLOCKS of the rows at a time
-# FGM through W W^T costs |g'_r| m per row against d m for a product with the points, at
-# a lower speed (sparse axpys against BLAS): measured faster at share 0.11 (d = 1024),
-# slower at 0.40 (d = 256).
-FGM_GRAM_MAX_DENSITY = 0.2
+# The thresholds and block counts (SPARSE_MAX_DENSITY, FGM_BLOCKS, FGM_GRAM_MAX_DENSITY, the
+# sparse tiles) are in sim.model.tuning with their measurements; read at call time.
 
 
 def _sparse(nnz: int, G: np.ndarray, d: int) -> bool:
-    return nnz <= (SPARSE_MAX_DENSITY if d >= 512 else SPARSE_MAX_DENSITY / 2) * G.size
+    return nnz <= (tuning.SPARSE_MAX_DENSITY if d >= 512 else tuning.SPARSE_MAX_DENSITY / 2) * G.size
 
 
 def product_tn(G: np.ndarray, X: np.ndarray, nnz: int) -> np.ndarray:
@@ -49,8 +39,8 @@ def product_tn(G: np.ndarray, X: np.ndarray, nnz: int) -> np.ndarray:
     # not depend on the tiling: each entry is summed over the samples in order)
     m = G.shape[1]
     per_thread = -(-m // (2 * numba.get_num_threads()))
-    tile = int(max(8, min(512, kernels.SPARSE_TILE_BYTES // max(1, X.shape[1] * X.itemsize), per_thread)))
-    return kernels.sparse_tn(G, X, out, tile, kernels.SPARSE_ROW_BLOCK)
+    tile = int(max(8, min(512, tuning.SPARSE_TILE_BYTES // max(1, X.shape[1] * X.itemsize), per_thread)))
+    return kernels.sparse_tn(G, X, out, tile, tuning.SPARSE_ROW_BLOCK)
 
 
 def product_nn(G: np.ndarray, B: np.ndarray, nnz: int) -> np.ndarray:
@@ -58,8 +48,8 @@ def product_nn(G: np.ndarray, B: np.ndarray, nnz: int) -> np.ndarray:
     if not _sparse(nnz, G, B.shape[1]):
         return matmul(G, B)
     out = np.empty((G.shape[0], B.shape[1]), dtype=np.result_type(G, B))
-    tile = int(min(512, max(16, kernels.SPARSE_TILE_BYTES // max(1, B.shape[1] * B.itemsize))))
-    return kernels.sparse_nn(G, B, out, tile, kernels.SPARSE_NN_ROWS)
+    tile = int(min(512, max(16, tuning.SPARSE_TILE_BYTES // max(1, B.shape[1] * B.itemsize))))
+    return kernels.sparse_nn(G, B, out, tile, tuning.SPARSE_NN_ROWS)
 
 
 def _gram_pays(U, b, act_args, sample_rows: int = 512) -> bool:
@@ -71,7 +61,7 @@ def _gram_pays(U, b, act_args, sample_rows: int = 512) -> bool:
         return False
     Gp = U[:sample_rows].copy()
     _, nnz = kernels.output_grad_stage_nnz(Gp, b, *act_args)
-    return nnz <= FGM_GRAM_MAX_DENSITY * Gp.size
+    return nnz <= tuning.FGM_GRAM_MAX_DENSITY * Gp.size
 
 
 def fgm_shift_rows(U, A, B, b, act_args, y, tau):
@@ -86,7 +76,7 @@ def fgm_shift_rows(U, A, B, b, act_args, y, tau):
     n = len(U)
     s = np.empty(n)
     out = np.empty((n, B.shape[1]), dtype=np.result_type(U, B))
-    block = max(kernels.CHUNK, -(-n // FGM_BLOCKS))
+    block = max(tuning.CHUNK, -(-n // tuning.FGM_BLOCKS))
     for lo in range(0, n, block):
         hi = min(n, lo + block)
         Gp = U[lo:hi].copy()

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
-from . import kernels
+from . import kernels, tuning
 from .linalg import gram, matmul
 from .network import ACTIVATIONS, TwoLayerNet, fgm_shift_rows, pgd_l2_margins, product_nn, product_tn
 from .config import ModelConfig
@@ -165,11 +165,11 @@ def _step_rows(CT, indptr, indices, values, y, b, act, q, rho, scale, want_bias,
     """
     n = len(indptr) - 1
     m = CT.shape[1]
-    n_chunks = (n + kernels.CHUNK - 1) // kernels.CHUNK
+    n_chunks = (n + tuning.CHUNK - 1) // tuning.CHUNK
     for c in prange(n_chunks):
         u = np.empty((1, m), CT.dtype)
-        e = c * kernels.CHUNK * m
-        for r in range(c * kernels.CHUNK, min(n, (c + 1) * kernels.CHUNK)):
+        e = c * tuning.CHUNK * m
+        for r in range(c * tuning.CHUNK, min(n, (c + 1) * tuning.CHUNK)):
             _row_preacts(CT, indptr, indices, values, r, u[0])
             kernels._backward_rows(u, y[r:r + 1], b, act, q, rho, scale, want_bias, part, c, 0, 1,
                                    f[r:r + 1], loss[r:r + 1], dldf[r:r + 1])
@@ -337,11 +337,11 @@ class SparseNet:
         vals = codes.values.astype(self.CT.dtype)
         f, loss, dldf = np.empty(n), np.empty(n), np.empty(n)
         start, stop = np.empty(n, np.int64), np.empty(n, np.int64)
-        n_chunks = (n + kernels.CHUNK - 1) // kernels.CHUNK
+        n_chunks = (n + tuning.CHUNK - 1) // tuning.CHUNK
         part = np.zeros((n_chunks if want_bias else 1, m))
         # room for every entry of G, in virtual memory: only the pages the nonzeros reach are touched
-        gi = _lazy_empty(n_chunks * kernels.CHUNK * m, np.int32)
-        gv = _lazy_empty(n_chunks * kernels.CHUNK * m, self.CT.dtype)
+        gi = _lazy_empty(n_chunks * tuning.CHUNK * m, np.int32)
+        gv = _lazy_empty(n_chunks * tuning.CHUNK * m, self.CT.dtype)
         _step_rows(self.CT, codes.indptr, codes.indices, vals, y, b, *args, 1.0 / n, want_bias, f, loss, dldf, part,
                    start, stop, gi, gv)
         ptr, rows, avals = codes.by_atom()
@@ -363,7 +363,7 @@ class SparseNet:
 # FGM (l2) and adversarial training
 
 
-FGM_BLOCKS = 4  # fgm_loss_and_grad works on 1/FGM_BLOCKS of the samples at a time
+# fgm_loss_and_grad works on 1/tuning.SPARSE_FGM_BLOCKS of the samples at a time (see tuning)
 
 
 def fgm_loss_and_grad(net: SparseNet, codes: Codes, y: np.ndarray, tau: float, want_bias: bool | None = None,
@@ -374,7 +374,7 @@ def fgm_loss_and_grad(net: SparseNet, codes: Codes, y: np.ndarray, tau: float, w
     `net.loss_and_grad(attacks.fgm(net, X, y, tau, "l2").x_adv, y)` with grad_CT = (grad_W M)^T.
     Returns (loss, grad_CT, grad_b, f_adv). A = C C^T may be passed if already computed.
     The perturbations are dense in the dictionary basis (Delta = diag(s) g' C), so this
-    runs on FGM_BLOCKS blocks of samples in turn, summing their gradients in block order:
+    runs on tuning.SPARSE_FGM_BLOCKS blocks of samples in turn, summing their gradients in block order:
     besides W W^T and C, only a block's pre-activations and perturbations are held.
     """
     if want_bias is None:
@@ -389,7 +389,7 @@ def fgm_loss_and_grad(net: SparseNet, codes: Codes, y: np.ndarray, tau: float, w
     gb = np.zeros(net.width)
     f = np.empty(n)
     loss = 0.0
-    rows = max(kernels.CHUNK, -(-n // FGM_BLOCKS))
+    rows = max(tuning.CHUNK, -(-n // tuning.SPARSE_FGM_BLOCKS))
     for lo in range(0, n, rows):
         hi = min(n, lo + rows)
         cb, yb = codes.rows(lo, hi), y[lo:hi]

@@ -119,10 +119,10 @@ def test_killed_run_leaves_finished_snapshots_readable(tmp_path):
 def test_fused_fgm_training_equals_the_plain_path(bias, activation, route, monkeypatch):
     """Perturb.loss_and_grad (FGM l2 in one pass, through W W^T or through the points, in
     row blocks) equals attack-then-step."""
-    from sim.model import network
+    from sim.model import tuning
     from sim.train.adversarial import make_perturb
 
-    monkeypatch.setattr(network, "FGM_GRAM_MAX_DENSITY", 1.0 if route == "gram" else -1.0)
+    monkeypatch.setattr(tuning, "FGM_GRAM_MAX_DENSITY", 1.0 if route == "gram" else -1.0)
     from sim.model.data import Problem
     from sim.model.network import TwoLayerNet
     from sim.train.loop import gradient_descent
