@@ -1,5 +1,6 @@
 """Purification measures: known values, and invariance under permutations and rotations."""
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy.stats import ortho_group
@@ -41,3 +42,22 @@ def test_invariant_under_permutation_and_rotation(seed, m, d):
             np.testing.assert_allclose(v, base[k], rtol=1e-9, atol=1e-12, err_msg=k)
         for k, v in measures.summarize_purification(Wt, Wat, W0t, Mt).items():
             np.testing.assert_allclose(v, basep[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_dictionary_picture_shows_each_neurons_principal_atom():
+    """The atoms drawn include every shown neuron's principal atom, wherever it is (the
+    report once drew atoms 0-63 whatever the neurons' atoms were)."""
+    rng = np.random.default_rng(3)
+    D, m = 300, 40
+    C0 = 0.01 * rng.standard_normal((m, D))
+    principal = rng.choice(np.arange(100, D), size=m, replace=False)  # all beyond atom 63
+    C0[np.arange(m), principal] = rng.uniform(1, 2, m) * rng.choice([-1, 1], m)
+    Ca = C0 + 0.01 * rng.standard_normal((m, D))
+    pic = measures.dictionary_picture(C0, Ca, n_neurons=24, n_atoms=64)
+    shown = pic["neurons"]
+    assert len(shown) == 24 and len(pic["atoms"]) == 64 and np.all(np.diff(pic["atoms"]) > 0)
+    assert set(principal[shown]) <= set(pic["atoms"].tolist())
+    col = {a: j for j, a in enumerate(pic["atoms"])}
+    for row, i in enumerate(shown):  # each row peaks (value 1) at its own principal atom
+        assert pic["clean"][row, col[principal[i]]] == pytest.approx(1.0)
+    assert pic["clean"].shape == pic["adv"].shape == (24, 64) and pic["clean"].dtype == np.float32
