@@ -15,6 +15,8 @@ import random
 import torch
 import torch.nn.functional as F
 
+from sim.common.validation import ConfigError  # bad parameters: one error type with sim
+
 NORMS = ("linf", "l2")
 IMAGE_DIM = 3 * 32 * 32
 EPS_LIMITS = {"linf": 1.0, "l2": math.sqrt(IMAGE_DIM)}
@@ -23,10 +25,10 @@ EPS_LIMITS = {"linf": 1.0, "l2": math.sqrt(IMAGE_DIM)}
 def check_threat(norm: str, eps: float) -> None:
     """Raise ValueError naming the bad parameter and what is allowed."""
     if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        raise ConfigError(f"norm must be one of {NORMS}, got {norm!r}")
     lim = EPS_LIMITS[norm]
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps <= lim:
-        raise ValueError(f"eps for norm {norm!r} must be a number in (0, {lim:.4g}], got {eps!r}")
+        raise ConfigError(f"eps for norm {norm!r} must be a number in (0, {lim:.4g}], got {eps!r}")
 
 
 def parse_eps(text: str) -> float:
@@ -37,7 +39,7 @@ def parse_eps(text: str) -> float:
             return float(a) / float(b)
         return float(text)
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"eps must be a number or a fraction such as 8/255, got {text!r}") from None
+        raise ConfigError(f"eps must be a number or a fraction such as 8/255, got {text!r}") from None
 
 
 def _bnorm(t: torch.Tensor) -> torch.Tensor:
@@ -115,9 +117,9 @@ def _loss_fn(name: str, target: torch.Tensor | None = None):
         return dlr_loss
     if name == "dlr-targeted":
         if target is None:
-            raise ValueError("loss 'dlr-targeted' needs target classes")
+            raise ConfigError("loss 'dlr-targeted' needs target classes")
         return lambda z, y: dlr_targeted_loss(z, y, target)
-    raise ValueError(f"loss must be one of ('ce', 'dlr', 'dlr-targeted'), got {name!r}")
+    raise ConfigError(f"loss must be one of ('ce', 'dlr', 'dlr-targeted'), got {name!r}")
 
 
 def loss_and_grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -165,7 +167,7 @@ def pgd(
     """
     check_threat(norm, eps)
     if steps < 1 or restarts < 1:
-        raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+        raise ConfigError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
     alpha = 2.5 * eps / steps if alpha is None else alpha
     fn = _loss_fn(loss)
     gen = _gen(x, seed)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sim.common.validation import ConfigError  # bad parameters: one error type with sim
+
 PAD_MODES = ("zeros", "reflect")
 
 
@@ -25,7 +27,7 @@ def random_crop(x: torch.Tensor, pad: int, mode: str = "zeros", generator: torch
     if pad == 0:
         return x
     if mode not in PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {mode!r}")
+        raise ConfigError(f"pad_mode must be one of {PAD_MODES}, got {mode!r}")
     n, c, h, w = x.shape
     xp = F.pad(x, (pad,) * 4, mode="constant" if mode == "zeros" else "reflect")
     dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
@@ -46,7 +48,7 @@ def augment(
 ) -> torch.Tensor:
     """uint8 batch (n, 3, H, W) -> augmented float batch in [0, 1]."""
     if pad < 0:
-        raise ValueError(f"pad must be >= 0, got {pad}")
+        raise ConfigError(f"pad must be >= 0, got {pad}")
     x = to_float(x_u8)
     x = random_crop(x, pad, pad_mode, generator)
     return random_flip(x, generator) if flip else x

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.common.files import atomic_save_npz
+from sim.common.validation import ConfigError  # bad parameters: one error type with sim
 
 JPEG_NAME = "cifar10-jpeg-q75.npz"
 BATCHES_NAME = "cifar-10-batches-py"
@@ -150,7 +151,7 @@ def balanced_subset(labels: np.ndarray, n: int | None, seed: int, name: str) -> 
     if n is None or n == total:
         return rng.permutation(total)
     if not 0 < n <= total:
-        raise ValueError(f"{name} must be in 1..{total}, got {n}")
+        raise ConfigError(f"{name} must be in 1..{total}, got {n}")
     classes = np.unique(labels)
     per = np.full(len(classes), n // len(classes))
     per[: n % len(classes)] += 1
@@ -158,7 +159,7 @@ def balanced_subset(labels: np.ndarray, n: int | None, seed: int, name: str) -> 
     for c, k in zip(classes, per):
         idx = np.flatnonzero(labels == c)
         if k > len(idx):
-            raise ValueError(f"{name}={n} needs {k} images of class {c}, only {len(idx)} available")
+            raise ConfigError(f"{name}={n} needs {k} images of class {c}, only {len(idx)} available")
         picks.append(rng.choice(idx, size=k, replace=False))
     return rng.permutation(np.concatenate(picks))
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from cifar.models import unwrap, weight_layers
+from sim.common.validation import ConfigError  # bad parameters: one error type with sim
 
 
 class LowRankDelta(nn.Module):
@@ -45,7 +46,7 @@ def add_lowrank(model: nn.Module, rank: int, seed: int = 0, train_vectors: bool 
     a neuron.  Everything else has requires_grad=False.
     """
     if not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        raise ConfigError(f"rank must be a positive integer, got {rank!r}")
     net = unwrap(model)
     if is_lowrank(net):
         raise ValueError("model already has low-rank parametrisations")

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sim.common.validation import ConfigError  # bad parameters: one error type with sim
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
@@ -98,7 +100,7 @@ MODELS = {"preact_resnet18": PreActResNet18, "small_cnn": SmallCNN}
 def build_model(name: str, **kwargs) -> nn.Module:
     """Instantiate a model by name (one of MODELS)."""
     if name not in MODELS:
-        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
+        raise ConfigError(f"model must be one of {sorted(MODELS)}, got {name!r}")
     return MODELS[name](**kwargs)
 
 

@@ -28,6 +28,7 @@ from cifar.measures import compare
 from cifar.models import build_model, effective_weights, first_conv_name, unwrap
 from cifar.runtime import Runtime, StageTimer
 from cifar.train import MODES, TrainConfig, train
+from sim.common.validation import ConfigError  # bad parameters: one error type with sim
 
 DEFAULT_THREATS = (("linf", 8 / 255), ("l2", 0.5))
 
@@ -70,11 +71,11 @@ class Preset:
         for cfg in (self.clean, self.adv_finetune, self.adv_scratch):
             cfg.validate()
         if self.clean.mode != "clean" or self.adv_finetune.mode == "clean" or self.adv_scratch.mode == "clean":
-            raise ValueError("preset: 'clean' must use mode 'clean', the adversarial runs 'pgd' or 'fgsm'")
+            raise ConfigError("preset: 'clean' must use mode 'clean', the adversarial runs 'pgd' or 'fgsm'")
         if (self.adv_scratch.norm, self.adv_scratch.eps) != self.threat:
-            raise ValueError("preset: fine-tuning and from-scratch adversarial training must share norm and eps")
+            raise ConfigError("preset: fine-tuning and from-scratch adversarial training must share norm and eps")
         if not self.ranks or any(not isinstance(r, int) or r < 1 for r in self.ranks):
-            raise ValueError(f"ranks must be a non-empty list of positive integers, got {self.ranks!r}")
+            raise ConfigError(f"ranks must be a non-empty list of positive integers, got {self.ranks!r}")
         return self
 
 
@@ -162,7 +163,7 @@ PRESETS = {"smoke": _smoke, "fast": _fast, "gpu": _gpu}
 def get_preset(name: str, norm: str | None = None, eps: float | None = None, ranks=None, adv_mode: str | None = None) -> Preset:
     """A preset by name, with optional overrides of the threat model, ranks and adversarial mode."""
     if name not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+        raise ConfigError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
     p = PRESETS[name]()
     changes = {}
     if norm is not None or eps is not None:
@@ -172,7 +173,7 @@ def get_preset(name: str, norm: str | None = None, eps: float | None = None, ran
         changes.update(norm=n, eps=e)
     if adv_mode is not None:
         if adv_mode not in MODES[1:]:
-            raise ValueError(f"adv_mode must be one of {MODES[1:]}, got {adv_mode!r}")
+            raise ConfigError(f"adv_mode must be one of {MODES[1:]}, got {adv_mode!r}")
         changes["mode"] = adv_mode
     if changes:
         p.adv_finetune = replace(p.adv_finetune, **changes)
@@ -235,7 +236,7 @@ def run(
         )
     threads = threads if threads is not None else p.cpu_threads
     if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+        raise ConfigError(f"threads must be >= 1, got {threads}")
     old = torch.get_num_threads()
     if rt.device.type == "cpu" and threads:
         torch.set_num_threads(threads)

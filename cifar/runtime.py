@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sim.common.meta import versions
+from sim.common.validation import ConfigError  # bad parameters: one error type with sim
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -23,9 +26,9 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu" or device.startswith("cuda"):
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
+            raise ConfigError(f"device={device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
         return torch.device(device)
-    raise ValueError(f"device must be one of {DEVICES} (or 'cuda:N'), got {device!r}")
+    raise ConfigError(f"device must be one of {DEVICES} (or 'cuda:N'), got {device!r}")
 
 
 class Forward(nn.Module):
@@ -81,6 +84,7 @@ class Runtime:
             "torch": torch.__version__,
             "cpu_threads": torch.get_num_threads(),
             "platform": platform.platform(),
+            "versions": versions(),  # Python, NumPy, Numba, SciPy, the machine and the code's commit (as sim records)
         }
         if self.device.type == "cuda":
             info["gpu"] = torch.cuda.get_device_name(self.device)

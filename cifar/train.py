@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from cifar.attacks import check_threat, fgsm, pgd
 from cifar.augment import PAD_MODES, augment, to_float
+from sim.common.validation import ConfigError  # bad parameters: one error type with sim
 
 MODES = ("clean", "pgd", "fgsm")
 
@@ -52,15 +53,15 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode != "clean":
             check_threat(self.norm, self.eps)
         if self.epochs < 1 or self.batch_size < 1 or self.steps < 1:
-            raise ValueError(f"epochs, batch_size and steps must be >= 1 (got {self.epochs}, {self.batch_size}, {self.steps})")
+            raise ConfigError(f"epochs, batch_size and steps must be >= 1 (got {self.epochs}, {self.batch_size}, {self.steps})")
         if not self.lr > 0 or not 0 <= self.warmup < 1:
-            raise ValueError(f"lr must be > 0 and warmup in [0, 1), got lr={self.lr}, warmup={self.warmup}")
+            raise ConfigError(f"lr must be > 0 and warmup in [0, 1), got lr={self.lr}, warmup={self.warmup}")
         if self.pad_mode not in PAD_MODES:
-            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
+            raise ConfigError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
         return self
 
 
