@@ -4,7 +4,7 @@ A full `sim verify` takes too long to time repeatedly on a shared machine, so th
 its main costs with the defaults of sim.experiments.verify.VerifyConfig (d = 256, N = 6000, m = 512,
 float32):
 
-- clean: clean training, 300 full-batch steps (sim.run.train_clean: data, training, the
+- clean: clean training, 300 full-batch steps (sim.train.clean.train_clean: data, training, the
   test evaluations every 25 steps);
 - fgm_step: one FGM (l2) adversarial-training step in online mode (batch 6000): the fresh
   batch, FGM on it, the gradient step; split into its parts (median of 5 steps);

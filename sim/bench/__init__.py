@@ -5,14 +5,14 @@ init) it times, in one process and interleaved, three operations:
 
 - step:  one full-batch gradient-descent step (loss, gradient in W, update);
 - fgm:   one FGM (l2) adversarial-training step (FGM on the batch, then the step on the
-         perturbed points), as sim.adversarial + sim.train run it (fused: the
+         perturbed points), as sim.train.adversarial + sim.train run it (fused: the
          perturbation acts on the pre-activations through W W^T);
 - pgd20: one PGD-20 (l2) evaluation on n_eval points (20 steps from x, no random start,
          the best point per sample kept, as sim.attacks.pgd);
 
 each by four implementations:
 
-- engine: sim (sim.network on the Numba kernels, sim.adversarial, sim.attacks);
+- engine: sim (sim.model.network on the Numba kernels, sim.train.adversarial, sim.attacks);
 - alt:    the engine's other way, shown for comparison (fgm: sim.attacks.fgm, then the
           step; pgd20: PGD on the pre-activations through W W^T, TwoLayerNet.pgd_margins);
 - numpy:  (a) a straightforward NumPy implementation of the same maths;
@@ -30,7 +30,7 @@ resident set during the operation (Linux: /proc/self/clear_refs, VmHWM) above th
 resident set before it, plus the bytes of the inputs (data and weights); the budget is
 twice the data, the weights and one N x m buffer.
 
-The sparse cell compares the sparse noise-free l2 path (sim.sparse: the network on the
+The sparse cell compares the sparse noise-free l2 path (sim.model.sparse: the network on the
 k-sparse codes, SPEC section 1 with noise 0 and an orthogonal dictionary) with the dense
 engine on the same problem and the same weights.
 """

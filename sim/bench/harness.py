@@ -62,7 +62,7 @@ def make_instance(cell: Cell, seed: int = 0, keep_codes: bool = False) -> Instan
     """Data of the sparse-coding model (SPEC section 1) and the default init of sim.
 
     The codes come from sim.data's sampler (margin redraw included) and the dictionary from
-    sim.data.make_dictionary; x = M z is formed from the sparse codes (k terms per sample, the
+    sim.model.data.make_dictionary; x = M z is formed from the sparse codes (k terms per sample, the
     same numbers as z @ M.T up to rounding) and the noise is added in blocks, so that large
     cells do not need the float64 copies of Problem.sample.
     """
@@ -106,7 +106,7 @@ def engine_step(net, X, y):
 
 
 def engine_fgm_step(net, X, y):
-    """As sim.train runs FGM adversarial training (sim.adversarial.Perturb, fused in l2)."""
+    """As sim.train runs FGM adversarial training (sim.train.adversarial.Perturb, fused in l2)."""
     from sim.train.adversarial import make_perturb
 
     _, gW, _, _ = make_perturb("fgm", TAU, "l2", None).loss_and_grad(net, X, y, 0)

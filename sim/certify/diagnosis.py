@@ -18,7 +18,7 @@ def certify_gap_diagnosis(net, X, y, tau, norm, attacked_broken_mask, n_exact: i
     e.g. RobustReport.broken. cert: a CertResult for the same (X, y, tau, norm), computed if
     None. When attacked - certified accuracy > threshold (10 points), up to n_exact gap points
     (not certified, not broken by the attacks) are drawn with `seed` and decided exactly
-    (sim.exact.exact_check in decide mode, time_limit seconds each): a gap point proved
+    (sim.certify.exact.exact_check in decide mode, time_limit seconds each): a gap point proved
     robust means the bound is loose there, one with a flipping perturbation found means the
     attack is weak (e.g. gradient masking). Returns a dict with the accuracies, the counts,
     an estimate of the true robust accuracy and a one-line 'verdict'.

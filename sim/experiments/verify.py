@@ -41,7 +41,7 @@ class VerifyConfig(_Frozen):
     network's beta to adv_beta over the first adv_beta_ramp adversarial steps (the
     'schedule' bias mode); None keeps the clean network's bias.
     certify: sound lower bounds (sim.certify) next to every attacked robust accuracy;
-    where they differ by more than 10 points the exact verifier (sim.exact) examines up to
+    where they differ by more than 10 points the exact verifier (sim.certify.exact) examines up to
     exact_samples gap points, exact_time_limit seconds each.
     """
 

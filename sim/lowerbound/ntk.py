@@ -48,7 +48,7 @@ CHUNK = 4096
 
 
 def _act_derivs(activation: str, q: float, rho: float):
-    """(act, act', act'') as vectorised functions, act'(0) = 0 like sim.kernels."""
+    """(act, act', act'') as vectorised functions, act'(0) = 0 like sim.model.kernels."""
     if activation == "relu":
         return (lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(z.dtype), lambda z: np.zeros_like(z))
     if activation == "smooth_relu":
@@ -87,7 +87,7 @@ class NTKModel:
 
     @classmethod
     def from_net(cls, net, parity: str = "odd", dtype=np.float64) -> "NTKModel":
-        """The linearisation of a sim.network.TwoLayerNet at its current weights (its init)."""
+        """The linearisation of a sim.model.network.TwoLayerNet at its current weights (its init)."""
         mc = net.model
         return cls(net.W.astype(np.float64), net.bias(), mc.activation, mc.q, mc.rho, parity, dtype)
 

@@ -26,9 +26,9 @@ Sparsity: with a bias most neurons are silent on most samples (|u| <= b), so G a
 are mostly zeros. The *_nnz stages count the nonzeros, and sparse_tn (G^T X) and
 sparse_nn (G B) skip the zeros; each of their output entries is summed by one thread over
 the nonzero terms in index order, so they too give the same bits for any thread count
-(sim.network picks them over BLAS below a density threshold). fgm_shift and pgd_update
-run the l2 FGM and PGD steps on the pre-activations through W W^T (sim.network,
-sim.sparse).
+(sim.model.network picks them over BLAS below a density threshold). fgm_shift and pgd_update
+run the l2 FGM and PGD steps on the pre-activations through W W^T (sim.model.network,
+sim.model.sparse).
 """
 from __future__ import annotations
 

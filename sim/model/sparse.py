@@ -20,7 +20,7 @@ counterpart here, at a cost in k (active atoms per sample) instead of d:
   updated from C C^T without forming delta; a random start adds W r_n for the random
   point r_n (the one dense product of a restart).
 
-The results equal those of the dense path (sim.network, sim.attacks) up to floating-point
+The results equal those of the dense path (sim.model.network, sim.attacks) up to floating-point
 rounding (the sums run over k atoms instead of d coordinates), which tests/test_sparse.py
 checks: to 1e-10 in float64; in float32 a pre-activation within rounding of its threshold
 b_i can be active on one path and silent on the other, so float32 agrees loosely. The correspondence needs an orthogonal M and noise 0; noise and l_inf (not
@@ -159,7 +159,7 @@ def _step_rows(CT, indptr, indices, values, y, b, act, q, rho, scale, want_bias,
     """The fused forward and backward pass on the codes, one pass over the samples.
 
     Per sample r: its pre-activations in a row that stays in cache, the backward stage of
-    sim.kernels on it (f, loss, dl/df, bias sums per chunk), and the nonzero entries of its
+    sim.model.kernels on it (f, loss, dl/df, bias sums per chunk), and the nonzero entries of its
     gradient row G[r], stored at gi/gv[start[r]:stop[r]] inside the region of its chunk
     (CHUNK * m entries, touched only as far as used). No n x m buffer is written.
     """
@@ -470,7 +470,7 @@ def pgd(net: SparseNet, codes: Codes, y: np.ndarray, tau: float, steps: int = 50
 
 def gradient_descent(net: SparseNet, codes: Codes, y: np.ndarray, steps: int, lr: float, *,
                      fgm_tau: float | None = None, log: list | None = None) -> SparseNet:
-    """Full-batch gradient descent on C (in place), as sim.train.gradient_descent does on W.
+    """Full-batch gradient descent on C (in place), as sim.train.loop.gradient_descent does on W.
 
     fgm_tau: train on the FGM (l2) points of that radius (FGM adversarial training).
     The bias modes (fixed, relative, trained, schedule) behave as in the dense loop.

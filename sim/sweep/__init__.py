@@ -1,7 +1,7 @@
 """`python -m sim sweep SPEC.toml`: sweeps over any config field, with seeds, resumable, in parallel.
 
 A sweep spec (TOML) names a grid (and/or a list) of cells. A cell is a `CellConfig` (every
-field of `sim.verify.VerifyConfig`, with dotted names such as `run.data.d`, `tau_l2`,
+field of `sim.experiments.verify.VerifyConfig`, with dotted names such as `run.data.d`, `tau_l2`,
 `run.model.beta`, plus the options of the sweep job below) with one seed
 (`run.data.seed`). Each cell is keyed by a hash of its full, validated config; its job
 (`run_cell`) trains the clean network, adversarially trains it, attacks both at every

@@ -13,7 +13,7 @@
                                      the config columns (dotted names)
     OUT/summary.json                 the last run's counts, failures and wall time
 
-Every file is written atomically (sim.rundir), so a sweep killed at any moment leaves
+Every file is written atomically (sim.common.files), so a sweep killed at any moment leaves
 finished cells whole; anything else in a cell directory is redone.
 """
 from __future__ import annotations

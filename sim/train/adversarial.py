@@ -20,7 +20,7 @@ class Perturb:
     """The perturbation of adversarial training: `perturb(net, X, y, step)` gives the
     perturbed points (kind: fgm, pgd or random, radius tau in norm), and
     `perturb.loss_and_grad(net, X, y, step)` the loss and gradient at them, which
-    sim.train.gradient_descent calls.
+    sim.train.loop.gradient_descent calls.
 
     Random draws come from the config's attack stream, sub-keyed by the step, so
     adversarial training is reproducible and independent of the thread count. FGM in l2
@@ -59,7 +59,7 @@ class Perturb:
 
 
 def make_perturb(kind: str, tau: float, norm: str, data_cfg, pgd_steps: int = 10, fused: bool = True) -> Perturb:
-    """A Perturb for sim.train.gradient_descent (see Perturb)."""
+    """A Perturb for sim.train.loop.gradient_descent (see Perturb)."""
     return Perturb(kind, tau, norm, data_cfg, pgd_steps, fused)
 
 

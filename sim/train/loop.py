@@ -76,7 +76,7 @@ def gradient_descent(net: TwoLayerNet, problem: Problem, train: Dataset | None, 
             bar.set_postfix(test_acc=f"{ev['acc']:.4f}")
         if perturb is None:
             loss, gW, gb, f = net.loss_and_grad(X, y)
-        elif hasattr(perturb, "loss_and_grad"):  # sim.adversarial.Perturb: may fuse attack and step
+        elif hasattr(perturb, "loss_and_grad"):  # sim.train.adversarial.Perturb: may fuse attack and step
             loss, gW, gb, f = perturb.loss_and_grad(net, X, y, step)
         else:
             loss, gW, gb, f = net.loss_and_grad(np.ascontiguousarray(perturb(net, X, y, step), dtype=dtype), y)

@@ -1,5 +1,5 @@
 """The fast paths equal the dense path: the sparse backward products of the engine, and the
-sparse noise-free l2 path on the codes (sim.sparse), checked against sim.network, sim.attacks
+sparse noise-free l2 path on the codes (sim.model.sparse), checked against sim.model.network, sim.attacks
 and tests/naive.py; and both give the same bits whatever the thread count."""
 import os
 import subprocess
