@@ -175,6 +175,14 @@ def _pgd_rows(n: int) -> int:
     return max(2 * CHUNK * numba.get_num_threads(), -(-n // PGD_BLOCKS))
 
 
+def pgd_step_sizes(tau, steps: int, step_size=None) -> list[float]:
+    """The PGD step schedule, one size per step: step_size * tau (step_size = 2.5 / steps by
+    default, Madry et al.), halved at 50 % and again at 75 % of the steps. Used by pgd and by
+    the W W^T route (sim.model.network.pgd_l2_margins), so both take the same steps."""
+    alpha0 = (step_size if step_size is not None else 2.5 / steps) * tau
+    return [alpha0 * (0.5 if t >= steps // 2 else 1.0) * (0.5 if t >= (3 * steps) // 4 else 1.0) for t in range(steps)]
+
+
 def pgd(model, X, y, tau, norm="l2", steps=50, restarts=5, step_size=None, rng=None,
         random_start=True, block_rows: int | None = None) -> AttackResult:
     """Projected gradient ascent on -y f with random starts and restarts.
@@ -195,7 +203,7 @@ def pgd(model, X, y, tau, norm="l2", steps=50, restarts=5, step_size=None, rng=N
     X = _float(X)
     n, d = X.shape
     y = np.asarray(y, np.float64)
-    alpha0 = (step_size if step_size is not None else 2.5 / steps) * tau
+    alphas = pgd_step_sizes(tau, steps, step_size)
     starts = RandomStarts(rng, restarts, random_start, n, d, norm, tau)
     rows = min(n, block_rows or _pgd_rows(n))
     if rows < 1:
@@ -219,8 +227,7 @@ def pgd(model, X, y, tau, norm="l2", steps=50, restarts=5, step_size=None, rng=N
 
         for r in range(restarts):
             starts.block(r, delta)
-            for t in range(steps):
-                alpha = alpha0 * (0.5 if t >= steps // 2 else 1.0) * (0.5 if t >= (3 * steps) // 4 else 1.0)
+            for alpha in alphas:
                 np.add(Xb, delta, out=Xa)
                 J, f = model.output_gradient(Xa)
                 keep_best(f)

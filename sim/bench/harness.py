@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sim.common.threads import blas_threads, set_numba_threads
+
 from .config import ALT_LABEL, LR, TAU, BenchConfig
 from .memory import PeakMemory
 from .references import (blas_fgm, blas_pgd, blas_step, np_fgm_step, np_pgd, np_step, torch_fgm_step, torch_pgd,
@@ -137,13 +139,11 @@ def engine_pgd(net, X, y, steps=20):
 
 
 def _set_threads(threads: int):
-    import numba
     import torch
-    from threadpoolctl import threadpool_limits
 
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    set_numba_threads(threads)
     torch.set_num_threads(threads)
-    return threadpool_limits(limits=threads)  # numpy's BLAS for (a) and (c); sim limits its own to 1
+    return blas_threads(threads)  # numpy's BLAS for (a) and (c); sim limits its own to 1
 
 
 def _run_interleaved(fns: dict, repeats: int, say) -> dict:

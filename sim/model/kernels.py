@@ -467,8 +467,3 @@ def row_norms(W):
             s += v * v
         out[i] = math.sqrt(s)
     return out
-
-
-def set_threads(n: int) -> None:
-    """Set Numba's thread count (BLAS threads are set by the environment / threadpoolctl)."""
-    numba.set_num_threads(n)

@@ -100,7 +100,7 @@ def pgd_l2_margins(U0, A, b, act_args, dtype, y, tau, steps, restarts, step_size
     kernels.pgd_update), so a step costs the nonlinear stage and a sparse product with A,
     not two products with W. Same schedule, starts and restarts as attacks.pgd.
     """
-    from sim.attacks import random_in_ball
+    from sim.attacks import pgd_step_sizes, random_in_ball
 
     if steps < 1 or restarts < 1:
         raise ValueError(f"steps={steps}, restarts={restarts} are invalid: allowed integers >= 1")
@@ -109,7 +109,7 @@ def pgd_l2_margins(U0, A, b, act_args, dtype, y, tau, steps, restarts, step_size
     rng = rng if rng is not None else np.random.default_rng(0)
     y = np.asarray(y, np.float64)
     n = len(U0)
-    alpha0 = (step_size if step_size is not None else 2.5 / steps) * tau
+    alphas = pgd_step_sizes(tau, steps, step_size)
     best = y * kernels.outputs_from_preacts(U0, b, *act_args)
     for r in range(restarts):
         if random_start and (r > 0 or restarts == 1):
@@ -120,8 +120,7 @@ def pgd_l2_margins(U0, A, b, act_args, dtype, y, tau, steps, restarts, step_size
         else:
             P = np.zeros(U0.shape)
             nsq = np.zeros(n)
-        for t in range(steps):
-            alpha = alpha0 * (0.5 if t >= steps // 2 else 1.0) * (0.5 if t >= (3 * steps) // 4 else 1.0)
+        for alpha in alphas:
             Gp = (U0 + P).astype(dtype)
             f, _ = kernels.output_grad_stage_nnz(Gp, b, *act_args)
             best = np.minimum(best, y * f)

@@ -147,3 +147,12 @@ def test_pgd_by_blocks_equals_pgd_at_once(prob, rows):
     b = attacks.pgd(net, X, y, tau, norm, steps=5, restarts=3, rng=np.random.default_rng(2), block_rows=len(X))
     np.testing.assert_allclose(a.margin, b.margin, rtol=1e-10, atol=1e-10)
     assert np.all(dist(a.x_adv, X, norm) <= tau * (1 + 1e-9) + 1e-12)
+
+
+def test_pgd_step_schedule():
+    """2.5 tau / steps (Madry et al.), halved at 50 % and again at 75 % of the steps; one
+    schedule for pgd and the W W^T route."""
+    a = attacks.pgd_step_sizes(0.4, 8)
+    assert a == pytest.approx([0.125] * 4 + [0.0625] * 2 + [0.03125] * 2)
+    assert attacks.pgd_step_sizes(1.0, 4, step_size=0.1) == pytest.approx([0.1, 0.1, 0.05, 0.025])
+    assert len(attacks.pgd_step_sizes(0.25, 50)) == 50
