@@ -13,16 +13,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sim.common.files import atomic_write_via  # noqa: E402
+from sim.common.figures import save_figure  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    try:
-        atomic_write_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)[0]  # PNG, 110 dpi, written atomically (sim's one figure saver)
 
 
 def filter_grid(w: torch.Tensor, max_filters: int = 64) -> np.ndarray:

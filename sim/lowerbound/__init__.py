@@ -6,7 +6,7 @@ data and attacked at the network's radius.
     format_table(rows) -> str
 
 Every model exposes forward(X) -> f and output_gradient(X) -> (df/dx, f), so sim.attacks
-works on it. `python -m sim.lowerbound --help` prints the table for a data config.
+works on it. `python -m sim lowerbound` (or `python -m sim.lowerbound`) prints the table for a data config.
 """
 from .linear import LinearModel, fit_logistic, fit_robust_logistic
 from .ntk import NTKModel, SmoothedNTK, activation_probability, ntk_infinite
