@@ -1,0 +1,2 @@
+"""The experiments over the whole pipeline: `python -m sim verify` (verify, its report) and
+`python -m sim verify --scaling` (scaling, claim C6)."""

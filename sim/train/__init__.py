@@ -1,0 +1,2 @@
+"""Training: the one gradient-descent loop (loop), clean runs written to run directories
+(clean, rundir), and adversarial training from the clean weights (adversarial)."""
