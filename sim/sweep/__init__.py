@@ -51,10 +51,10 @@ summary lists the failures (exit status 1). Failed cells are retried on the next
 from __future__ import annotations
 
 from .executors import SweepSummary, available_cores, plan_workers, run_sweep
-from .job import FAULT_ENV, job, run_cell
+from .job import FAULT_ENV, cell_job, run_cell
 from .spec import (CELL_SCHEMA, CERTIFY_METHODS, FIELD_TYPES, LINEAR_MODELS, CellConfig, Point, SweepSpec, SweepSpecError,
                    cell_cost, config_hash, default_dict, group_hash, load_spec, parse_spec)
 
 __all__ = ["CELL_SCHEMA", "CERTIFY_METHODS", "FAULT_ENV", "FIELD_TYPES", "LINEAR_MODELS", "CellConfig", "Point",
            "SweepSpec", "SweepSpecError", "SweepSummary", "available_cores", "cell_cost", "config_hash", "default_dict",
-           "group_hash", "job", "load_spec", "parse_spec", "plan_workers", "run_cell", "run_sweep"]
+           "group_hash", "cell_job", "load_spec", "parse_spec", "plan_workers", "run_cell", "run_sweep"]

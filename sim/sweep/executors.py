@@ -13,7 +13,7 @@ from pathlib import Path
 from sim.common.meta import git_commit
 from sim.model.config import ConfigError, _check_int
 
-from .job import _init_worker, job
+from .job import _init_worker, cell_job
 from .spec import Point, SweepSpec
 
 
@@ -113,7 +113,7 @@ def run_sweep(spec: SweepSpec, out, *, workers: int | None = None, threads: int 
                 _run_dask(todo, scheduler, threads or 1, on_result)
             elif workers == 0:
                 for p in todo:
-                    on_result(p, job(p.config.to_dict(), threads or 1))
+                    on_result(p, cell_job(p.config.to_dict(), threads or 1))
             else:
                 w, t = plan_workers(len(todo), workers, threads)
                 _run_local(todo, w, t, on_result)
@@ -205,11 +205,11 @@ def _run_local(todo, workers, threads, on_result):
             try:  # a cell leaves its queue only once submitted
                 if suspects:
                     if not inflight:
-                        inflight[pool.submit(job, suspects[0].config.to_dict(), threads)] = (suspects[0], True)
+                        inflight[pool.submit(cell_job, suspects[0].config.to_dict(), threads)] = (suspects[0], True)
                         suspects.popleft()
                 else:
                     while queue and len(inflight) < workers:
-                        inflight[pool.submit(job, queue[0].config.to_dict(), threads)] = (queue[0], False)
+                        inflight[pool.submit(cell_job, queue[0].config.to_dict(), threads)] = (queue[0], False)
                         queue.popleft()
             except BrokenProcessPool:  # a worker died since the last wait
                 broken = True
@@ -257,7 +257,7 @@ def _run_dask(todo, scheduler, threads, on_result):
     futures = {}
     try:
         for rank, p in enumerate(todo):
-            f = client.submit(job, p.config.to_dict(), threads, key=f"sim-sweep-{p.hash}-{tag}", pure=False,
+            f = client.submit(cell_job, p.config.to_dict(), threads, key=f"sim-sweep-{p.hash}-{tag}", pure=False,
                               priority=len(todo) - rank, retries=0)
             futures[f] = p
         for f in as_completed(list(futures)):

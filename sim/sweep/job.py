@@ -1,6 +1,6 @@
-"""The job of one sweep cell (run_cell) and its worker wrapper (job).
+"""The job of one sweep cell (run_cell) and its worker wrapper (cell_job).
 
-Local worker processes and Dask pickle `job` by reference, as sim.sweep.job.job: keep this
+Local worker processes and Dask pickle `cell_job` by reference, as sim.sweep.job.cell_job: keep this
 module and that name stable (a worker imports sim.sweep.job to run it).
 """
 from __future__ import annotations
@@ -137,7 +137,7 @@ def run_cell(cfg: CellConfig) -> dict:
 _JOB_LOCK = threading.Lock()
 
 
-def job(cfg_dict: dict, threads: int) -> dict:
+def cell_job(cfg_dict: dict, threads: int) -> dict:
     """Run one cell in a worker (local process or Dask); never raises: an error becomes a
     failure record. One cell at a time per process (Dask workers may have several threads)."""
     t0 = time.perf_counter()
