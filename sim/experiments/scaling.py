@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 from sim import attacks
 from sim.claims import CLAIMS, c6_window, judge
 from sim.train.adversarial import adversarial_training
+from sim.train.clean import train_clean
 
 from .verify import VerifyConfig
-from sim.train.clean import train_clean
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,12 @@ import numpy as np
 
 from sim import attacks, measures
 from sim.claims import C5_TEXT, CLAIMS, Claim, judge
-from sim.train.adversarial import adversarial_training
-from sim.model.config import (_NESTED, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _check_choice, _check_int,
-                     _check_real, _Frozen)
-from sim.model.network import TwoLayerNet
 from sim.common.files import atomic_write_json
 from sim.common.meta import versions
+from sim.model.config import (_NESTED, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _check_choice,
+                              _check_int, _check_real, _Frozen)
+from sim.model.network import TwoLayerNet
+from sim.train.adversarial import adversarial_training
 from sim.train.clean import CleanRun, train_clean
 
 

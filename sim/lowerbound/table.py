@@ -47,6 +47,7 @@ from sim import attacks
 from sim.model.config import ModelConfig, RunConfig
 from sim.model.data import STREAM_ATTACK, STREAM_INIT, STREAM_TRAIN, Problem, stream
 from sim.model.network import TwoLayerNet
+
 from .fit import adam_fit, check_int, check_norm_tau, check_parity, check_pos, fail
 from .linear import LinearModel, fit_logistic, fit_robust_logistic
 from .ntk import NTKModel

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from sim.common.files import atomic_save_npz, atomic_write_json
+from sim.common.meta import versions
 from sim.model.config import RunConfig
 from sim.model.data import Dataset, Problem
 from sim.model.network import TwoLayerNet
-from sim.common.files import atomic_save_npz, atomic_write_json
-from sim.common.meta import versions
 
-from .rundir import MetricsLog, array_digest
 from .loop import evaluate, gradient_descent
+from .rundir import MetricsLog, array_digest
 
 
 def save_net(path: Path, net: TwoLayerNet, step: int | None = None) -> None:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from sim.model.config import TrainConfig
 from sim.model.data import Dataset, Problem
 from sim.model.network import TwoLayerNet
+
 from .rundir import MetricsLog
 
 Perturb = Callable[[TwoLayerNet, np.ndarray, np.ndarray, int], np.ndarray]
