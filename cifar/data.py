@@ -4,6 +4,10 @@ official ``cifar-10-batches-py`` release.
 Both give uint8 images in NCHW order, (n, 3, 32, 32), and int64 labels, shuffled with a
 fixed seed (the JPEG archive is sorted by class) so that any prefix is class-balanced.
 Every failure raises :class:`DataError` naming the offending path.
+
+Where the data is looked for, in order (:func:`resolve_data_path`): ``--data PATH``;
+$CIFAR10_DATA (when set it must exist, no fallback); ./.data/cifar10 in the current folder;
+<repo>/.data/cifar10; <repo>/../shared/data/cifar10 (the shared folder beside the checkout).
 """
 
 from __future__ import annotations
@@ -72,13 +76,39 @@ class Cifar10:
 # --------------------------------------------------------------------------- paths, files
 
 
+DATA_ENV = "CIFAR10_DATA"
+
+
+def repo_root() -> Path:
+    """The checkout holding the ``cifar`` package (the folder above cifar/)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path:
+    """The project's shared data folder, which sits beside the checkout: <repo>/../shared/data/cifar10."""
+    return repo_root().parent / "shared" / "data" / "cifar10"
+
+
 def default_data_candidates() -> list[Path]:
-    """Where ``--data`` is looked for when not given: $CIFAR10_DATA, ./.data/cifar10, the shared copy."""
-    out = []
-    if os.environ.get("CIFAR10_DATA"):
-        out.append(Path(os.environ["CIFAR10_DATA"]))
-    out += [Path(".data/cifar10"), Path("/work/shared/data/cifar10")]
+    """The fallbacks, in order, used when neither ``--data`` nor $CIFAR10_DATA is given:
+    ./.data/cifar10 (current folder), <repo>/.data/cifar10, <repo>/../shared/data/cifar10."""
+    out: list[Path] = []
+    for cand in (Path(".data/cifar10"), repo_root() / ".data" / "cifar10", shared_data_dir()):
+        if all(cand.resolve() != c.resolve() for c in out):
+            out.append(cand)
     return out
+
+
+def env_data_path() -> Path | None:
+    """$CIFAR10_DATA as a path (None when unset or empty); an explicit setting that does not
+    exist is a DataError naming the variable, never silently replaced by a fallback."""
+    value = os.environ.get(DATA_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise DataError(f"{DATA_ENV}={value}: path does not exist (point it at {JPEG_NAME}, its folder or a {BATCHES_NAME} folder, or unset it)")
+    return path
 
 
 def default_cache_dir() -> Path:
@@ -90,29 +120,37 @@ def default_cache_dir() -> Path:
 
 
 def resolve_data_path(data: str | os.PathLike | None) -> tuple[str, Path]:
-    """Return (format, path) with format 'jpeg' (an .npz file) or 'batches' (a batches-py folder)."""
-    candidates = [Path(data)] if data is not None else default_data_candidates()
-    for cand in candidates:
+    """Return (format, path) with format 'jpeg' (an .npz file) or 'batches' (a batches-py folder).
+
+    ``data`` (or a set $CIFAR10_DATA) must hold the data; the fallbacks of
+    :func:`default_data_candidates` are skipped when absent."""
+    if data is not None:
+        explicit: list[tuple[Path, str]] = [(Path(data).expanduser(), "")]
+    else:
+        env = env_data_path()
+        explicit = [(env, f"{DATA_ENV}=")] if env is not None else []
+    candidates = explicit or [(c, "") for c in default_data_candidates()]
+    for cand, label in candidates:
         cand = cand.expanduser()
         if cand.is_file():
             if cand.suffix == ".npz":
                 return "jpeg", cand
-            raise DataError(f"{cand}: expected a JPEG archive '*.npz' or a '{BATCHES_NAME}' folder")
+            raise DataError(f"{label}{cand}: expected a JPEG archive '*.npz' or a '{BATCHES_NAME}' folder")
         if cand.is_dir():
-            for fmt, sub in (("batches", cand), ("batches", cand / BATCHES_NAME)):
+            for sub in (cand, cand / BATCHES_NAME):
                 if (sub / TEST_BATCH).exists() or (sub / TRAIN_BATCHES[0]).exists():
-                    return fmt, sub
+                    return "batches", sub
             if (cand / JPEG_NAME).is_file():
                 return "jpeg", cand / JPEG_NAME
-            if data is not None:
+            if explicit:
                 raise DataError(
-                    f"{cand}: folder holds neither {JPEG_NAME} nor the {BATCHES_NAME} files "
+                    f"{label}{cand}: folder holds neither {JPEG_NAME} nor the {BATCHES_NAME} files "
                     f"({', '.join(TRAIN_BATCHES)}, {TEST_BATCH})"
                 )
-        elif data is not None:
-            raise DataError(f"{cand}: data path does not exist")
-    tried = ", ".join(str(c) for c in candidates)
-    raise DataError(f"no CIFAR-10 data found (tried {tried}); pass --data PATH to {JPEG_NAME} or {BATCHES_NAME}")
+        elif explicit:
+            raise DataError(f"{label}{cand}: data path does not exist")
+    tried = ", ".join(str(c) for c, _ in candidates)
+    raise DataError(f"no CIFAR-10 data found (tried {tried}); pass --data PATH to {JPEG_NAME} or {BATCHES_NAME}, or set {DATA_ENV}")
 
 
 def sha256_file(path: Path) -> str:

@@ -11,7 +11,7 @@ from cifar import data as cdata
 from cifar.data import DataError, load_cifar10
 from cifar.testing import write_fake_batches, write_fake_jpeg_npz
 
-REAL = Path("/work/shared/data/cifar10/cifar10-jpeg-q75.npz")
+REAL = cdata.shared_data_dir() / cdata.JPEG_NAME  # the shared folder beside the checkout, never a machine path
 
 
 # ----------------------------------------------------------------- cifar-10-batches-py
@@ -167,7 +167,49 @@ def test_missing_paths_are_named(tmp_path):
         load_cifar10(tmp_path / "b", n_train=10_000)
 
 
-@pytest.mark.skipif(not REAL.is_file(), reason="shared CIFAR-10 archive not present")
+# ----------------------------------------------------------------- where data is looked for
+
+
+def test_env_variable_set_to_missing_path_is_an_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR10_DATA", str(tmp_path / "typo"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=f"CIFAR10_DATA={tmp_path / 'typo'}: path does not exist"):
+        load_cifar10()
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("CIFAR10_DATA", str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="CIFAR10_DATA=.*neither"):
+        load_cifar10()
+
+
+def test_env_variable_used_and_explicit_data_wins(tmp_path, monkeypatch):
+    write_fake_batches(tmp_path / "env" / "cifar-10-batches-py", per_batch=20, n_test=20)
+    write_fake_batches(tmp_path / "arg", per_batch=10, n_test=10)
+    monkeypatch.setenv("CIFAR10_DATA", str(tmp_path / "env"))
+    assert load_cifar10().path == str(tmp_path / "env" / "cifar-10-batches-py")
+    assert load_cifar10(tmp_path / "arg").path == str(tmp_path / "arg")
+    monkeypatch.setenv("CIFAR10_DATA", str(tmp_path / "typo"))
+    assert len(load_cifar10(tmp_path / "arg").train_y) == 50  # --data wins; the bad variable is not consulted
+
+
+def test_fallbacks_are_relative_to_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.delenv("CIFAR10_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    root = Path(cdata.__file__).resolve().parent.parent
+    cands = [c.resolve() for c in cdata.default_data_candidates()]
+    assert cands == [tmp_path / ".data" / "cifar10", root / ".data" / "cifar10", root.parent / "shared" / "data" / "cifar10"]
+    write_fake_batches(tmp_path / ".data" / "cifar10", per_batch=10, n_test=10)
+    assert load_cifar10().path == ".data/cifar10"
+
+
+def test_nothing_found_lists_what_was_tried(tmp_path, monkeypatch):
+    monkeypatch.delenv("CIFAR10_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cdata, "repo_root", lambda: tmp_path / "repo")
+    with pytest.raises(DataError, match="no CIFAR-10 data found .*repo/.data/cifar10.*shared/data/cifar10"):
+        load_cifar10()
+
+
+@pytest.mark.skipif(not REAL.is_file(), reason=f"real CIFAR-10 archive not found at {REAL} (<repo>/../shared/data/cifar10)")
 def test_real_archive_checksum_and_subset(tmp_path):
     ds = load_cifar10(REAL, cache_dir=tmp_path, n_train=100, n_test=50)
     assert ds.verified
