@@ -17,29 +17,7 @@ import torch.nn.functional as F
 
 from sim.common.validation import ConfigError  # bad parameters: one error type with sim
 
-NORMS = ("linf", "l2")
-IMAGE_DIM = 3 * 32 * 32
-EPS_LIMITS = {"linf": 1.0, "l2": math.sqrt(IMAGE_DIM)}
-
-
-def check_threat(norm: str, eps: float) -> None:
-    """Raise ValueError naming the bad parameter and what is allowed."""
-    if norm not in NORMS:
-        raise ConfigError(f"norm must be one of {NORMS}, got {norm!r}")
-    lim = EPS_LIMITS[norm]
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps <= lim:
-        raise ConfigError(f"eps for norm {norm!r} must be a number in (0, {lim:.4g}], got {eps!r}")
-
-
-def parse_eps(text: str) -> float:
-    """'8/255' or '0.5' -> float (ValueError naming 'eps' otherwise)."""
-    try:
-        if "/" in text:
-            a, b = text.split("/")
-            return float(a) / float(b)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"eps must be a number or a fraction such as 8/255, got {text!r}") from None
+from cifar.config import EPS_LIMITS, IMAGE_DIM, NORMS, check_threat, parse_eps  # noqa: F401  (re-exported)
 
 
 def _bnorm(t: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from sim.common.validation import ConfigError  # bad parameters: one error type with sim
 
-PAD_MODES = ("zeros", "reflect")
+from cifar.config import PAD_MODES
 
 
 def to_float(x_u8: torch.Tensor) -> torch.Tensor:

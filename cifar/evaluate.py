@@ -8,33 +8,12 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
 from cifar.attacks import EPS_LIMITS, apgd, apgd_targeted, check_threat, perturbation_norms, pgd, square
 from cifar.augment import to_float
-
-
-@dataclass
-class EnsembleConfig:
-    n: int = 1000
-    apgd_steps: int = 100
-    n_targets: int = 9
-    square_queries: int = 5000
-    seed: int = 0
-
-
-@dataclass
-class MaskingConfig:
-    n: int = 200
-    pgd_steps: int = 20
-    square_queries: int = 1000
-    radii: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-    zero_grad_tol: float = 1e-12
-    zero_grad_share: float = 0.01
-    large_radius_acc: float = 0.1
-    seed: int = 0
+from cifar.config import EnsembleConfig, MaskingConfig  # noqa: F401  (re-exported)
 
 
 @contextmanager

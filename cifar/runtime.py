@@ -17,18 +17,21 @@ from torch import nn
 from sim.common.meta import versions
 from sim.common.validation import ConfigError  # bad parameters: one error type with sim
 
-DEVICES = ("auto", "cpu", "cuda")
+from cifar.config import DEVICES, check_device  # noqa: F401  (DEVICES re-exported)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' picks CUDA when available; anything else must be one of DEVICES (or 'cuda:N')."""
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu" or device.startswith("cuda"):
-        if device.startswith("cuda") and not torch.cuda.is_available():
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
             raise ConfigError(f"device={device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
-        return torch.device(device)
-    raise ConfigError(f"device must be one of {DEVICES} (or 'cuda:N'), got {device!r}")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    return torch.device(device)
 
 
 class Forward(nn.Module):

@@ -12,57 +12,15 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from cifar.attacks import check_threat, fgsm, pgd
-from cifar.augment import PAD_MODES, augment, to_float
-from sim.common.validation import ConfigError  # bad parameters: one error type with sim
-
-MODES = ("clean", "pgd", "fgsm")
-
-
-@dataclass
-class TrainConfig:
-    """One training run. ``alpha`` None means the attack's default step."""
-
-    mode: str = "clean"
-    epochs: int = 10
-    batch_size: int = 512
-    lr: float = 0.2
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    warmup: float = 0.2
-    norm: str = "linf"
-    eps: float = 8 / 255
-    alpha: float | None = None
-    steps: int = 10
-    pad: int = 4
-    pad_mode: str = "zeros"
-    flip: bool = True
-    guard: bool = True
-    guard_checks_per_epoch: int = 2
-    guard_n: int = 512
-    guard_steps: int = 10
-    guard_drop: float = 0.2
-
-    def validate(self) -> "TrainConfig":
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode != "clean":
-            check_threat(self.norm, self.eps)
-        if self.epochs < 1 or self.batch_size < 1 or self.steps < 1:
-            raise ConfigError(f"epochs, batch_size and steps must be >= 1 (got {self.epochs}, {self.batch_size}, {self.steps})")
-        if not self.lr > 0 or not 0 <= self.warmup < 1:
-            raise ConfigError(f"lr must be > 0 and warmup in [0, 1), got lr={self.lr}, warmup={self.warmup}")
-        if self.pad_mode not in PAD_MODES:
-            raise ConfigError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
-        return self
+from cifar.attacks import fgsm, pgd
+from cifar.augment import augment, to_float
+from cifar.config import MODES, TrainConfig  # noqa: F401  (re-exported)
 
 
 def one_cycle(step: int, total: int, warmup: float) -> float:

@@ -71,7 +71,7 @@ def test_presets_and_overrides():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU refusal")
 def test_gpu_preset_refuses_cpu_unless_asked(tmp_path):
-    with pytest.raises(RuntimeError, match="--device cpu"):
+    with pytest.raises(ValueError, match="--device cpu"):
         run("gpu", tmp_path / "out", device="auto", quiet=True)
     assert not (tmp_path / "out").exists()
 
