@@ -49,6 +49,12 @@ def check_device(device: str) -> str:
     raise ConfigError(f"device must be one of {DEVICES} or cuda:N, got {device!r}")
 
 
+def check_budget(name: str, value: float | None) -> None:
+    """A time budget is None or a positive finite number of seconds."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0):
+        raise ConfigError(f"{name} must be a positive number of seconds or None, got {value!r}")
+
+
 def check_out(out: Path) -> None:
     """The output folder may exist (as a folder) or not; anything else is a ConfigError."""
     for parent in (out, *out.parents):
@@ -62,7 +68,12 @@ def check_out(out: Path) -> None:
 
 @dataclass
 class TrainConfig:
-    """One training run. ``alpha`` None means the attack's default step."""
+    """One training run. ``alpha`` None means the attack's default step.
+
+    ``budget_s``: wall-clock budget of the run (None: none). The one-cycle schedule then
+    follows the effective step max(step, elapsed / budget * planned steps), so a run that
+    reaches its budget first still ends with the learning rate annealed to zero, and stops
+    there (its history says so: ``budget_stopped``)."""
 
     mode: str = "clean"
     epochs: int = 10
@@ -85,6 +96,7 @@ class TrainConfig:
     guard_n: int = 512
     guard_steps: int = 10
     guard_drop: float = 0.2
+    budget_s: float | None = None
 
     def validate(self) -> "TrainConfig":
         if self.mode not in MODES:
@@ -97,6 +109,7 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0 and warmup in [0, 1), got lr={self.lr}, warmup={self.warmup}")
         if self.pad_mode not in PAD_MODES:
             raise ConfigError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
+        check_budget("budget_s", self.budget_s)
         return self
 
 

@@ -23,12 +23,32 @@ from cifar.augment import augment, to_float
 from cifar.config import MODES, TrainConfig  # noqa: F401  (re-exported)
 
 
-def one_cycle(step: int, total: int, warmup: float) -> float:
-    """LR multiplier: linear 0 -> 1 over the warm-up share of steps, then linear 1 -> 0."""
+def one_cycle(step: float, total: int, warmup: float) -> float:
+    """LR multiplier: linear 0 -> 1 over the warm-up share of steps, then linear 1 -> 0.
+    ``step`` may be fractional (the effective step of a run with a time budget)."""
     w = max(int(round(warmup * total)), 1) if warmup > 0 else 0
     if step < w:
         return (step + 1) / w
     return max(0.0, (total - step) / max(total - w, 1))
+
+
+class Clock:
+    """Wall seconds since start, synchronising a CUDA device every ``every`` reads so that
+    queued GPU work is counted (a read in between returns the last synchronised value)."""
+
+    def __init__(self, device: torch.device, every: int = 10):
+        self.cuda = device.type == "cuda"
+        self.device, self.every, self.reads = device, every, 0
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+
+    def __call__(self) -> float:
+        if not self.cuda or self.reads % self.every == 0:
+            if self.cuda:
+                torch.cuda.synchronize(self.device)
+            self.last = time.perf_counter() - self.t0
+        self.reads += 1
+        return self.last
 
 
 def adversarial_batch(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -101,11 +121,14 @@ def train(
     seed: int = 0,
     progress: bool = True,
     desc: str = "train",
+    clock=None,
 ) -> dict:
     """Train ``model`` (a runtime.Forward) in place on device-resident uint8 images.
 
     ``params``: the parameters to optimise (default: all with requires_grad).  Returns the
-    history: per-epoch loss/accuracy on the training inputs, guard checks, seconds.
+    history: per-epoch loss/accuracy on the training inputs, guard checks, seconds, steps
+    done and planned, and whether the time budget ``cfg.budget_s`` stopped the run.
+    ``clock``: seconds since the start (default a :class:`Clock`; tests pass a fake one).
     """
     cfg.validate()
     n = x_u8.shape[0]
@@ -114,9 +137,9 @@ def train(
     total = per_epoch * cfg.epochs
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = make_optimizer(params, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: one_cycle(s, total, cfg.warmup))
     gen = torch.Generator(device=x_u8.device).manual_seed(seed)
     torch.manual_seed(seed)
+    clock = clock or Clock(x_u8.device)
 
     guard = None
     if cfg.mode != "clean" and cfg.guard:
@@ -128,7 +151,7 @@ def train(
         every = max(per_epoch // max(cfg.guard_checks_per_epoch, 1), 1)
         checks = {s for s in range(every, total + 1, every)} | {total}
 
-    history = {"config": asdict(cfg), "epochs": [], "stopped_early": False, "steps": 0}
+    history = {"config": asdict(cfg), "epochs": [], "stopped_early": False, "budget_stopped": False, "steps": 0, "steps_planned": total}
     t0 = time.perf_counter()
     step = 0
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
@@ -136,31 +159,43 @@ def train(
         perm = torch.randperm(n, generator=gen, device=x_u8.device)
         sum_loss = torch.zeros((), device=x_u8.device)
         sum_acc = torch.zeros((), device=x_u8.device)
+        done = 0
         for b in range(per_epoch):
+            effective = step
+            if cfg.budget_s is not None:
+                effective = max(step, clock() / cfg.budget_s * total)
+                if effective >= total and step > 0:  # the budget is spent: the schedule has reached its end
+                    history["budget_stopped"] = True
+                    break
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * one_cycle(effective, total, cfg.warmup)
             idx = perm[b * bs : (b + 1) * bs]
             xb = augment(x_u8[idx], cfg.pad, cfg.flip, cfg.pad_mode, gen)
             loss, acc = train_step(model, opt, xb, y[idx], cfg)
-            sched.step()
             sum_loss += loss
             sum_acc += acc
             step += 1
+            done += 1
             bar.update(1)
             if step in checks and guard.check(step):
                 history["stopped_early"] = True
                 break
-        done = b + 1
-        history["epochs"].append({
-            "epoch": epoch + 1,
-            "loss": sum_loss.item() / done,
-            "train_acc": sum_acc.item() / done,
-            "lr_end": opt.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - t0,
-        })
-        if progress:
-            bar.set_postfix(loss=f"{history['epochs'][-1]['loss']:.3f}", acc=f"{history['epochs'][-1]['train_acc']:.3f}")
-        if history["stopped_early"]:
+        if done:
+            history["epochs"].append({
+                "epoch": epoch + 1,
+                "steps": done,
+                "loss": sum_loss.item() / done,
+                "train_acc": sum_acc.item() / done,
+                "lr_last": opt.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+            })
+            if progress:
+                bar.set_postfix(loss=f"{history['epochs'][-1]['loss']:.3f}", acc=f"{history['epochs'][-1]['train_acc']:.3f}")
+        if history["stopped_early"] or history["budget_stopped"]:
             break
     bar.close()
+    if history["budget_stopped"] and guard is not None and step not in checks and guard.check(step):
+        history["stopped_early"] = True  # the last check found a collapse: best weights restored
     history["steps"] = step
     history["seconds"] = time.perf_counter() - t0
     if guard is not None:

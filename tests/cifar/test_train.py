@@ -1,5 +1,7 @@
 """The training loop: schedule, clean and adversarial steps, the overfitting guard, low-rank runs."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -118,6 +120,48 @@ def test_lowrank_adversarial_training_moves_only_the_factors():
     assert all(s["numerical_rank"] == 2 and s["relative_update"] > 0 for s in stats.values())
     moved = effective_weights(model)
     assert any(not torch.equal(moved[k], clean_w[k]) for k in clean_w)
+
+
+def test_budget_that_does_not_bind_changes_nothing():
+    x, y = _data(200)
+    cfg = TrainConfig(mode="clean", epochs=2, batch_size=50, lr=0.05, pad=2)
+    a, b = _model(), _model()
+    ha = train(a, x, y, cfg, progress=False)
+    hb = train(b, x, y, replace(cfg, budget_s=1e6), progress=False)
+    assert not ha["budget_stopped"] and not hb["budget_stopped"] and ha["steps"] == hb["steps"] == hb["steps_planned"] == 8
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+class FakeClock:
+    """Each read advances one second."""
+
+    def __init__(self):
+        self.t = -1.0
+
+    def __call__(self):
+        self.t += 1.0
+        return self.t
+
+
+@pytest.mark.parametrize("mode", ["clean", "fgsm"])
+def test_budget_stops_with_the_schedule_annealed(mode):
+    x, y = _data(200)
+    # 40 planned steps, 10 s budget, 1 s per step: the effective step runs 4x faster than the real one
+    cfg = TrainConfig(mode=mode, epochs=10, batch_size=50, lr=0.1, warmup=0.2, guard_n=50, guard_steps=2, budget_s=10)
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hist = train(model, x, y, cfg, progress=False, clock=FakeClock())
+    assert hist["budget_stopped"] and hist["steps_planned"] == 40 and hist["steps"] == 10
+    assert [e["steps"] for e in hist["epochs"]] == [4, 4, 2] and hist["epochs"][-1]["epoch"] == 3
+    assert hist["epochs"][-1]["lr_last"] == pytest.approx(0.1 * one_cycle(36, 40, 0.2))  # step 9 ran at effective step 36
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    if mode == "fgsm":
+        assert hist["guard"][-1]["step"] == 10  # a final guard check where the budget stopped it
+
+
+def test_budget_is_validated():
+    with pytest.raises(ValueError, match="budget_s must be a positive number"):
+        TrainConfig(budget_s=0).validate()
 
 
 def test_config_validation_names_parameters():
