@@ -7,6 +7,7 @@ gradient-masking checks.  Every adversarial point is re-checked: inside the ball
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager
 
 import torch
@@ -14,6 +15,22 @@ import torch
 from cifar.attacks import EPS_LIMITS, apgd, apgd_targeted, check_threat, perturbation_norms, pgd, square
 from cifar.augment import to_float
 from cifar.config import EnsembleConfig, MaskingConfig  # noqa: F401  (re-exported)
+
+
+class Deadline:
+    """A wall-clock deadline ``budget_s`` seconds from now (None: never). Evaluations check it
+    between chunks of points: the first chunk always runs, later ones only before the
+    deadline, so a budget truncates the number of points, never the strength of an attack."""
+
+    def __init__(self, budget_s: float | None = None, clock=time.perf_counter):
+        self.budget_s, self.clock = budget_s, clock
+        self.end = None if budget_s is None else clock() + budget_s
+        self.hit = False
+
+    def expired(self) -> bool:
+        if self.end is not None and self.clock() >= self.end:
+            self.hit = True
+        return self.hit
 
 
 @contextmanager
@@ -52,11 +69,15 @@ def check_adversarial(x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: floa
         raise RuntimeError(f"{name}: adversarial image outside [0, 1]")
 
 
-def robust_mask(model, attack, x_u8: torch.Tensor, y: torch.Tensor, norm: str, eps: float, batch_size: int, name: str) -> torch.Tensor:
-    """Per-point bool: correctly classified before and after ``attack(model, x, y)``."""
+def robust_mask(model, attack, x_u8: torch.Tensor, y: torch.Tensor, norm: str, eps: float, batch_size: int, name: str,
+                deadline: Deadline | None = None) -> torch.Tensor:
+    """Per-point bool: correctly classified before and after ``attack(model, x, y)``.
+    With a ``deadline``, only the points of the chunks begun before it (a prefix)."""
     out = []
     with eval_mode(model):
-        for s in _batches(len(y), batch_size):
+        for i, s in enumerate(_batches(len(y), batch_size)):
+            if i and deadline is not None and deadline.expired():
+                break
             x, yy = to_float(x_u8[s]), y[s]
             ok = predict(model, x) == yy
             idx = ok.nonzero().squeeze(1)
@@ -68,16 +89,25 @@ def robust_mask(model, attack, x_u8: torch.Tensor, y: torch.Tensor, norm: str, e
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
-def pgd_accuracy(model, x_u8, y, norm: str, eps: float, steps: int = 50, restarts: int = 1, batch_size: int = 1000, seed: int = 0) -> float:
-    """Robust accuracy under PGD-``steps`` with ``restarts`` random restarts."""
+def pgd_eval(model, x_u8, y, norm: str, eps: float, steps: int = 50, restarts: int = 1, batch_size: int = 1000, seed: int = 0,
+             deadline: Deadline | None = None) -> dict:
+    """Robust accuracy under PGD-``steps`` with ``restarts`` random restarts, with the number
+    of points it was measured on (fewer than asked when ``deadline`` cut it short)."""
     check_threat(norm, eps)
     attack = lambda m, x, yy: pgd(m, x, yy, norm, eps, steps, restarts=restarts, seed=seed)  # noqa: E731
-    return robust_mask(model, attack, x_u8, y, norm, eps, batch_size, f"pgd-{steps}").float().mean().item()
+    mask = robust_mask(model, attack, x_u8, y, norm, eps, batch_size, f"pgd-{steps}", deadline)
+    return {"acc": mask.float().mean().item(), "n": len(mask), "n_planned": len(y), "budget_stopped": len(mask) < len(y)}
 
 
-def ensemble_attack(model, x_u8, y, norm: str, eps: float, cfg: EnsembleConfig, batch_size: int = 1000) -> dict:
-    """AutoAttack-style: APGD-CE, APGD-T (DLR), Square in turn, each on the survivors.
-    Returns clean and robust accuracy, the accuracy after each attack and who broke what."""
+def pgd_accuracy(model, x_u8, y, norm: str, eps: float, steps: int = 50, restarts: int = 1, batch_size: int = 1000, seed: int = 0) -> float:
+    """Robust accuracy under PGD-``steps`` with ``restarts`` random restarts."""
+    return pgd_eval(model, x_u8, y, norm, eps, steps, restarts, batch_size, seed)["acc"]
+
+
+def ensemble_attack(model, x_u8, y, norm: str, eps: float, cfg: EnsembleConfig, batch_size: int = 1000, deadline: Deadline | None = None) -> dict:
+    """AutoAttack-style: APGD-CE, APGD-T (DLR), Square in turn, each on the survivors, chunk
+    by chunk of ``batch_size`` points (a ``deadline`` stops between chunks). Returns clean
+    and robust accuracy, the accuracy after each attack and who broke what."""
     check_threat(norm, eps)
     x_u8, y = x_u8[: cfg.n], y[: cfg.n]
     attacks = [
@@ -85,22 +115,28 @@ def ensemble_attack(model, x_u8, y, norm: str, eps: float, cfg: EnsembleConfig, 
         ("apgd-t", lambda m, x, yy: apgd_targeted(m, x, yy, norm, eps, cfg.apgd_steps, cfg.n_targets, seed=cfg.seed)),
         ("square", lambda m, x, yy: square(m, x, yy, norm, eps, cfg.square_queries, seed=cfg.seed)),
     ]
-    n = len(y)
-    robust = torch.zeros(n, dtype=torch.bool, device=y.device)
+    n_planned = len(y)
+    clean, after = [], {name: [] for name, _ in attacks}
+    broken = {name: 0 for name, _ in attacks}
     with eval_mode(model):
-        for s in _batches(n, batch_size):
-            robust[s] = predict(model, to_float(x_u8[s])) == y[s]
-    result = {"n": n, "norm": norm, "eps": eps, "clean_acc": robust.float().mean().item(), "after": {}, "broken_by": {}}
-    for name, attack in attacks:
-        idx = robust.nonzero().squeeze(1)
-        if idx.numel():
-            still = robust_mask(model, attack, x_u8[idx], y[idx], norm, eps, batch_size, name)
-            result["broken_by"][name] = int((~still).sum().item())
-            robust[idx] = still
-        else:
-            result["broken_by"][name] = 0
-        result["after"][name] = robust.float().mean().item()
-    result["robust_acc"] = robust.float().mean().item()
+        for i, s in enumerate(_batches(n_planned, batch_size)):
+            if i and deadline is not None and deadline.expired():
+                break
+            xs, ys = x_u8[s], y[s]
+            robust = predict(model, to_float(xs), batch_size) == ys
+            clean.append(robust.clone())
+            for name, attack in attacks:
+                idx = robust.nonzero().squeeze(1)
+                if idx.numel():
+                    still = robust_mask(model, attack, xs[idx], ys[idx], norm, eps, batch_size, name)
+                    broken[name] += int((~still).sum().item())
+                    robust[idx] = still
+                after[name].append(robust.clone())
+    n = sum(len(c) for c in clean)
+    acc = lambda parts: torch.cat(parts).float().mean().item() if n else float("nan")  # noqa: E731
+    result = {"n": n, "n_planned": n_planned, "budget_stopped": n < n_planned, "norm": norm, "eps": eps,
+              "clean_acc": acc(clean), "after": {k: acc(v) for k, v in after.items()}, "broken_by": broken}
+    result["robust_acc"] = result["after"]["square"]
     return result
 
 

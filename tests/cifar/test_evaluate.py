@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from cifar.evaluate import EnsembleConfig, MaskingConfig, check_adversarial, clean_accuracy, ensemble_attack, masking_checks, pgd_accuracy, threat_key
+from cifar.evaluate import (
+    Deadline, EnsembleConfig, MaskingConfig, check_adversarial, clean_accuracy, ensemble_attack, masking_checks, pgd_accuracy, pgd_eval, threat_key,
+)
 from cifar.testing import trained_tiny_model
 
 torch.set_num_threads(1)
@@ -38,6 +40,27 @@ def test_ensemble_is_monotone_and_accounts_for_every_point(trained):
     assert round((r["clean_acc"] - r["robust_acc"]) * 64) == sum(r["broken_by"].values())
     assert r["robust_acc"] <= pgd_accuracy(model, x, y, "linf", eps, steps=10) + 0.05
     assert r["robust_acc"] < r["clean_acc"]
+
+
+def expired_after_first_read():
+    """A Deadline whose clock jumps past the end after it is created."""
+    times = iter([0.0] + [100.0] * 100)
+    return Deadline(1.0, clock=lambda: next(times))
+
+
+def test_deadline_truncates_points_not_attacks(trained):
+    model, x, y = trained
+    eps = 12 / 255
+    cut = pgd_eval(model, x, y, "linf", eps, steps=5, batch_size=32, deadline=expired_after_first_read())
+    full = pgd_eval(model, x[:32], y[:32], "linf", eps, steps=5, batch_size=32)
+    assert cut["n"] == 32 and cut["n_planned"] == 64 and cut["budget_stopped"]
+    assert cut["acc"] == full["acc"] and not full["budget_stopped"]  # the first chunk got the full attack
+    cfg = EnsembleConfig(n=64, apgd_steps=5, n_targets=2, square_queries=10)
+    e_cut = ensemble_attack(model, x, y, "linf", eps, cfg, batch_size=32, deadline=expired_after_first_read())
+    e_full = ensemble_attack(model, x[:32], y[:32], "linf", eps, cfg, batch_size=32)
+    assert e_cut["n"] == 32 and e_cut["n_planned"] == 64 and e_cut["budget_stopped"]
+    assert {k: e_cut[k] for k in ("clean_acc", "after", "broken_by", "robust_acc")} == {k: e_full[k] for k in ("clean_acc", "after", "broken_by", "robust_acc")}
+    assert not Deadline(None).expired() and not Deadline(1e6).expired()
 
 
 def test_masking_checks_pass_a_plain_model(trained):
