@@ -84,19 +84,25 @@ def lowrank_modules(model: nn.Module) -> dict[str, LowRankDelta]:
 
 
 def delta_stats(model: nn.Module) -> dict[str, dict]:
-    """Per layer: allotted rank, numerical rank of U V^T, and |U V^T| / |W_clean| (Frobenius)."""
+    """Per layer: allotted rank, numerical rank of U V^T, and |U V^T| / |W_clean| (Frobenius).
+
+    Computed from the factors, on their device: with V = Q R (thin QR), U V^T = (U R^T) Q^T
+    has the singular values of the small (out, r) matrix U R^T, so no (out, fan_in) SVD is
+    needed. The rank threshold is matrix_rank's default for the full (out, fan_in) matrix."""
     out = {}
     with torch.no_grad():
         for name, m in weight_layers(unwrap(model)):
             if not parametrize.is_parametrized(m, "weight"):
                 continue
             lr = m.parametrizations.weight[0]
-            d = lr.delta().float().cpu()
-            w0 = m.parametrizations.weight.original.float().cpu()
+            u, v = lr.U.float(), lr.V.float()
+            small = u @ torch.linalg.qr(v).R.T
+            w0 = m.parametrizations.weight.original.float()
+            rtol = torch.finfo(torch.float32).eps * max(u.shape[0], v.shape[0])
             out[name] = {
                 "rank": lr.rank,
-                "numerical_rank": int(torch.linalg.matrix_rank(d).item()) if d.abs().max() > 0 else 0,
-                "relative_update": float(d.norm() / w0.norm().clamp_min(1e-12)),
+                "numerical_rank": int(torch.linalg.matrix_rank(small, rtol=rtol).item()) if small.abs().max() > 0 else 0,
+                "relative_update": float(small.norm() / w0.norm().clamp_min(1e-12)),
             }
     return out
 

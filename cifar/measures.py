@@ -87,7 +87,7 @@ def compare(clean: dict[str, torch.Tensor], adv: dict[str, torch.Tensor], init: 
     layers, neurons = [], {}
     names = [k for k in clean if k in adv]
     for li, name in enumerate(names):
-        w, wp = clean[name], adv[name]
+        w, wp = clean[name].double(), adv[name].double()  # once here, not in every measure below
         p = purification(w, wp)
         row = {
             "layer": name,
@@ -103,7 +103,7 @@ def compare(clean: dict[str, torch.Tensor], adv: dict[str, torch.Tensor], init: 
         }
         arrays = {k: p[k] for k in ("beta", "proj_norm", "v_norm", "cos")}
         if init is not None and name in init:
-            w0 = init[name]
+            w0 = init[name].double()
             c_ci, c_ai = cosine_rows(w, w0), cosine_rows(wp, w0)
             control = purification(w, w0)
             row.update({

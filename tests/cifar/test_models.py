@@ -121,3 +121,22 @@ def test_runtime_device_validation():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             Runtime.create("cuda")
+
+
+def test_delta_stats_from_factors_match_the_full_matrix():
+    net = build_model("small_cnn", widths=(8, 16, 16))
+    add_lowrank(net, 4, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for i, lr in enumerate(lowrank_modules(net).values()):
+            lr.U.copy_(torch.randn(lr.U.shape, generator=gen))
+            if i % 2:
+                lr.U[:, -1] = 0.0  # one direction unused: rank 3
+    stats = delta_stats(net)
+    for name, lr in lowrank_modules(net).items():
+        d = lr.delta().detach().float()
+        w0 = dict(net.named_modules())[name].parametrizations.weight.original
+        assert stats[name]["numerical_rank"] == int(torch.linalg.matrix_rank(d).item())
+        assert stats[name]["relative_update"] == pytest.approx(float(d.norm() / w0.norm()), rel=1e-5)
+    assert sorted({s["numerical_rank"] for s in stats.values()}) == [3, 4]
+
