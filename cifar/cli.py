@@ -7,6 +7,7 @@ is written: a bad one is a one-line error on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -105,6 +106,7 @@ def _check_cache(cache: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "presets":
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         check_out(Path(args.out))
         from cifar.pipeline import run  # imports torch: seconds
 
-        report = run(preset, args.out, args.data, args.cache, args.device, args.quiet, args.seed, args.threads)
+        command = " ".join([PROG] + [shlex.quote(a) for a in argv])
+        report = run(preset, args.out, args.data, args.cache, args.device, args.quiet, args.seed, args.threads, command)
         if args.quiet:
             print(f"{args.out}/report.md ({report['total_s']:.1f}s)")
         return 0

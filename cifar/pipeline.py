@@ -1,9 +1,11 @@
 """The whole experiment, by preset: clean training, adversarial fine-tuning from the clean
-weights (in full and through rank-r updates), adversarial training from scratch,
-evaluation, purification measures, figures, and a report (markdown + JSON) in ``out``.
+weights (in full and through rank-r updates), adversarial training from scratch (when the
+preset has it), evaluation, purification measures, figures, and a report (markdown + JSON)
+in ``out``.
 
-Every run keeps its initial weights (checkpoints/), every stage its wall time and the
-device it ran on; nothing in the report is typed in by hand.
+Every run keeps its initial weights (checkpoints/), every stage its wall time, its time
+budget and whether the budget stopped it, and the device it ran on; nothing in the report
+is typed in by hand.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from sim.common.validation import ConfigError  # bad parameters: one error type 
 from cifar import figures
 from cifar.config import check_out
 from cifar.data import load_cifar10
-from cifar.evaluate import clean_accuracy, ensemble_attack, masking_checks, pgd_accuracy, threat_key
+from cifar.evaluate import Deadline, clean_accuracy, ensemble_attack, masking_checks, pgd_eval, threat_key
 from cifar.lowrank import add_lowrank, count_trainable, delta_stats, lowrank_modules, merge_lowrank
 from cifar.measures import compare
 from cifar.models import build_model, effective_weights, first_conv_name, unwrap
@@ -72,11 +74,13 @@ def run(
     quiet: bool = False,
     seed: int | None = None,
     threads: int | None = None,
+    command: str | None = None,
 ) -> dict:
     """Run the preset end to end; returns the report dict (also written to out/report.json).
 
-    On the CPU, torch uses ``threads`` threads (default: the preset's ``cpu_threads``, else
-    torch's default) for the duration of the run."""
+    Everything is checked, and the data loaded, before ``out`` is created. On the CPU, torch
+    uses ``threads`` threads (default: the preset's ``cpu_threads``, else torch's default)
+    for the duration of the run. ``command``: the command line, recorded in the report."""
     p = get_preset(preset) if isinstance(preset, str) else preset.validate()
     out = Path(out)
     check_out(out)
@@ -95,15 +99,16 @@ def run(
     if rt.device.type == "cpu" and threads:
         torch.set_num_threads(threads)
     try:
-        return _run(p, rt, out, data, cache, quiet, p.seed if seed is None else seed)
+        return _run(p, rt, out, data, cache, quiet, p.seed if seed is None else seed, command)
     finally:
         torch.set_num_threads(old)
 
 
-def _run(p: Preset, rt: Runtime, out: Path, data, cache, quiet: bool, seed: int) -> dict:
+def _run(p: Preset, rt: Runtime, out: Path, data, cache, quiet: bool, seed: int, command: str | None) -> dict:
     t_start = time.perf_counter()
     timer = StageTimer(rt)
     progress = not quiet
+    budgets: dict[str, dict] = {}
 
     def log(msg: str) -> None:
         if not quiet:
@@ -136,22 +141,28 @@ def _run(p: Preset, rt: Runtime, out: Path, data, cache, quiet: bool, seed: int)
         if p.save_checkpoints:
             atomic_torch_save(obj, ckpt / f"{name}.pt")
 
+    def fit(name: str, model, cfg, msg: str, **kw) -> None:
+        stage = f"train:{name}"
+        with timer(stage):
+            log(msg + (f" (budget {cfg.budget_s:.0f}s)" if cfg.budget_s else ""))
+            h = histories[name] = train(model, xtr, ytr, cfg, seed=kw.pop("train_seed"), progress=progress, desc=name, **kw)
+        budgets[stage] = {"budget_s": cfg.budget_s, "used_s": timer.seconds[stage], "stopped": h["budget_stopped"],
+                          "reached": f"{h['steps']}/{h['steps_planned']} steps"}
+        if h["budget_stopped"]:
+            log(f"{name}: budget reached after {h['steps']} of {h['steps_planned']} steps (schedule annealed)")
+
     # clean training
     clean = fresh(None)
     init_state = _cpu_state(clean)
     save("clean_init", init_state)
-    with timer("train:clean"):
-        log("clean training")
-        histories["clean"] = train(clean, xtr, ytr, p.clean, seed=seed, progress=progress, desc="clean")
+    fit("clean", clean, p.clean, "clean training", train_seed=seed)
     clean_state = _cpu_state(clean)
     save("clean_final", clean_state)
     models["clean"], inits["clean"] = clean, init_state
 
     # adversarial fine-tuning, full
     ft = fresh(clean_state)
-    with timer("train:adv_ft_full"):
-        log(f"adversarial fine-tuning ({p.adv_finetune.mode}), all weights")
-        histories["adv_ft_full"] = train(ft, xtr, ytr, p.adv_finetune, seed=seed + 1, progress=progress, desc="adv ft full")
+    fit("adv_ft_full", ft, p.adv_finetune, f"adversarial fine-tuning ({p.adv_finetune.mode}), all weights", train_seed=seed + 1)
     save("adv_ft_full_final", _cpu_state(ft))
     models["adv_ft_full"], inits["adv_ft_full"] = ft, clean_state
 
@@ -161,54 +172,70 @@ def _run(p: Preset, rt: Runtime, out: Path, data, cache, quiet: bool, seed: int)
         m = fresh(clean_state)
         params = add_lowrank(m, r, seed=seed + r, train_vectors=p.lowrank_train_vectors)
         v_init = {k: v.V.detach().cpu().clone() for k, v in lowrank_modules(m).items()}  # U starts at 0
-        with timer(f"train:{name}"):
-            log(f"adversarial fine-tuning ({p.adv_finetune.mode}), rank-{r} updates")
-            histories[name] = train(m, xtr, ytr, p.adv_finetune, params=params, seed=seed + 1, progress=progress, desc=f"adv ft r={r}")
+        fit(name, m, p.lowrank_config(), f"adversarial fine-tuning ({p.adv_finetune.mode}), rank-{r} updates", params=params, train_seed=seed + 1)
         factors = {k: {"U": v.U.detach().cpu(), "V": v.V.detach().cpu()} for k, v in lowrank_modules(m).items()}
         lowrank_info[name] = {"rank": r, "trainable_params": count_trainable(params), "layers": delta_stats(m)}
         merge_lowrank(m)
         save(f"{name}_final", {"merged": _cpu_state(m), "factors": factors, "V_init": v_init, "base": "clean_final"})
         models[name], inits[name] = m, clean_state
 
-    # adversarial training from scratch
-    scratch_init = init_state if p.scratch_same_init else None
-    sc = fresh(scratch_init) if scratch_init is not None else None
-    if sc is None:
-        torch.manual_seed(seed + 12345)
-        sc = rt.wrap(build_model(p.model, **p.model_kwargs))
-        scratch_init = _cpu_state(sc)
-        save("adv_scratch_init", scratch_init)
-    with timer("train:adv_scratch"):
-        log(f"adversarial training from scratch ({p.adv_scratch.mode})")
-        histories["adv_scratch"] = train(sc, xtr, ytr, p.adv_scratch, seed=seed + 2, progress=progress, desc="adv scratch")
-    save("adv_scratch_final", _cpu_state(sc))
-    models["adv_scratch"], inits["adv_scratch"] = sc, scratch_init
-    init_files = {
-        "clean": "checkpoints/clean_init.pt",
-        "adv_ft_full": "checkpoints/clean_final.pt",
-        "adv_scratch": "checkpoints/" + ("clean_init.pt" if p.scratch_same_init else "adv_scratch_init.pt"),
-    }
+    init_files = {"clean": "checkpoints/clean_init.pt", "adv_ft_full": "checkpoints/clean_final.pt"}
     init_files.update({f"adv_ft_rank{r}": f"checkpoints/clean_final.pt, U = 0, V from 'V_init' in checkpoints/adv_ft_rank{r}_final.pt" for r in p.ranks})
 
-    # evaluation
+    # adversarial training from scratch (optional)
+    sc = None
+    if p.adv_scratch is not None:
+        scratch_init = init_state if p.scratch_same_init else None
+        if scratch_init is not None:
+            sc = fresh(scratch_init)
+        else:
+            torch.manual_seed(seed + 12345)
+            sc = rt.wrap(build_model(p.model, **p.model_kwargs))
+            scratch_init = _cpu_state(sc)
+            save("adv_scratch_init", scratch_init)
+        fit("adv_scratch", sc, p.adv_scratch, f"adversarial training from scratch ({p.adv_scratch.mode})", train_seed=seed + 2)
+        save("adv_scratch_final", _cpu_state(sc))
+        models["adv_scratch"], inits["adv_scratch"] = sc, scratch_init
+        init_files["adv_scratch"] = "checkpoints/" + ("clean_init.pt" if p.scratch_same_init else "adv_scratch_init.pt")
+
+    # evaluation: clean accuracy, PGD (training threat), the ensemble, then -- while the
+    # budget lasts -- the masking checks and PGD at the other threat models
     norm, eps = p.threat
-    threats = [(norm, eps)] + [t for t in DEFAULT_THREATS if t != (norm, eps)]
+    others = [t for t in DEFAULT_THREATS if t != (norm, eps)]
     n_pgd = min(p.eval_pgd_n, len(yte))
     results: dict[str, dict] = {}
     for name, m in models.items():
-        with timer(f"eval:{name}"):
-            log(f"evaluating {name}")
+        stage = f"eval:{name}"
+        with timer(stage):
+            log(f"evaluating {name}" + (f" (budget {p.eval_budget_s:.0f}s)" if p.eval_budget_s else ""))
+            deadline = Deadline(p.eval_budget_s)
             if p.eval_amp is not None:
                 m.amp = p.eval_amp
-            res = {"clean_acc": clean_accuracy(m, xte, yte, p.eval_batch), "n_clean": len(yte), "pgd": {}, "n_pgd": n_pgd}
-            for i, (tn, te) in enumerate(threats):  # restarts for the training threat, one for the others
-                res["pgd"][threat_key(tn, te)] = pgd_accuracy(
-                    m, xte[:n_pgd], yte[:n_pgd], tn, te, p.pgd_steps, p.pgd_restarts if i == 0 else 1, p.eval_batch, seed
-                )
-            res["ensemble"] = ensemble_attack(m, xte, yte, norm, eps, p.ensemble, p.eval_batch)
+            res = {"clean_acc": clean_accuracy(m, xte, yte, p.eval_batch), "n_clean": len(yte), "pgd": {}, "pgd_n": {}, "n_pgd": n_pgd, "skipped": []}
+            main = pgd_eval(m, xte[:n_pgd], yte[:n_pgd], norm, eps, p.pgd_steps, p.pgd_restarts, p.eval_batch, seed, deadline)
+            res["pgd"][threat_key(norm, eps)], res["pgd_n"][threat_key(norm, eps)] = main["acc"], main["n"]
+            res["ensemble"] = ensemble_attack(m, xte, yte, norm, eps, p.ensemble, p.ensemble_batch or p.eval_batch, deadline)
             if name != "clean":
-                res["masking"] = masking_checks(m, xte, yte, norm, eps, p.masking, p.eval_batch)
+                if deadline.expired():
+                    res["skipped"].append("masking checks")
+                else:
+                    res["masking"] = masking_checks(m, xte, yte, norm, eps, p.masking, p.eval_batch)
+            for tn, te in others:  # one restart for the other threat models
+                key = threat_key(tn, te)
+                if deadline.expired():
+                    res["pgd"][key], res["pgd_n"][key] = None, 0
+                    res["skipped"].append(f"PGD {key}")
+                    continue
+                o = pgd_eval(m, xte[:n_pgd], yte[:n_pgd], tn, te, p.pgd_steps, 1, p.eval_batch, seed, deadline)
+                res["pgd"][key], res["pgd_n"][key] = o["acc"], o["n"]
             results[name] = res
+        truncated = [k for k, v in res["pgd_n"].items() if 0 < v < n_pgd] + (["ensemble"] if res["ensemble"]["budget_stopped"] else [])
+        budgets[stage] = {"budget_s": p.eval_budget_s, "used_s": timer.seconds[stage], "stopped": bool(deadline.hit),
+                          "reached": ", ".join([f"PGD {key} on {res['pgd_n'][key]}/{n_pgd}" for key in res["pgd_n"]]
+                                               + [f"ensemble on {res['ensemble']['n']}/{res['ensemble']['n_planned']}"]),
+                          "truncated": truncated, "skipped": res["skipped"]}
+        if deadline.hit:
+            log(f"{name}: evaluation budget reached ({budgets[stage]['reached']}; skipped: {', '.join(res['skipped']) or 'nothing'})")
 
     # purification measures
     with timer("measures"):
@@ -231,8 +258,9 @@ def _run(p: Preset, rt: Runtime, out: Path, data, cache, quiet: bool, seed: int)
         log("figures")
         first = first_conv_name(clean)
         filt = {"init": w_init[first], "clean": w_clean[first], "adv fine-tuned": effective_weights(ft)[first],
-                f"adv rank {max(p.ranks)}": effective_weights(models[f"adv_ft_rank{max(p.ranks)}"])[first],
-                "adv from scratch": effective_weights(sc)[first]}
+                f"adv rank {max(p.ranks)}": effective_weights(models[f"adv_ft_rank{max(p.ranks)}"])[first]}
+        if sc is not None:
+            filt["adv from scratch"] = effective_weights(sc)[first]
         key = threat_key(norm, eps)
         figs = {
             "filters": figures.plot_filters(filt, out / "figures" / "filters.png"),
@@ -242,13 +270,16 @@ def _run(p: Preset, rt: Runtime, out: Path, data, cache, quiet: bool, seed: int)
                 {"clean_acc": results["adv_ft_full"]["clean_acc"], "robust_acc": results["adv_ft_full"]["pgd"][key]},
                 out / "figures" / "lowrank.png",
             ),
-            "radius": figures.plot_radius({k: v["masking"]["radius_curve"] for k, v in results.items() if "masking" in v}, out / "figures" / "radius.png", norm),
         }
+        curves = {k: v["masking"]["radius_curve"] for k, v in results.items() if "masking" in v}
+        if curves:
+            figs["radius"] = figures.plot_radius(curves, out / "figures" / "radius.png", norm)
 
     total = time.perf_counter() - t_start
     report = {
         "preset": p.name,
         "description": p.description,
+        "command": command,
         "config": asdict(p),
         "seed": seed,
         "data": ds.describe(),
@@ -257,6 +288,8 @@ def _run(p: Preset, rt: Runtime, out: Path, data, cache, quiet: bool, seed: int)
         "timings_s": timer.seconds,
         "total_s": total,
         "budget_s": p.budget_s,
+        "budgets": budgets,
+        "budget_stopped": sorted(k for k, v in budgets.items() if v["stopped"]),
         "training": histories,
         "lowrank": lowrank_info,
         "results": results,
@@ -284,17 +317,26 @@ def _notes(p: Preset, rt: Runtime, ds, report: dict) -> list[str]:
     if p.name == "smoke":
         notes.append("Smoke preset: a tiny CNN on a few hundred images, trained for seconds. The numbers test the "
                      "pipeline end to end; they say nothing about the paper's claims.")
+    if p.name == "tiny":
+        notes.append("Tiny preset: a narrow PreActResNet-18 on a thousand images with small time budgets, the gpu "
+                     "preset's structure at CPU scale. The numbers test the pipeline and the budgets; they say "
+                     "nothing about the paper's claims.")
     if p.expects_gpu and rt.device.type != "cuda":
         notes.append(f"Preset {p.name!r} is meant for a GPU but ran on {rt.device}; timings are not comparable with the GPU budget.")
     if p.budget_s is not None:
         state = "within" if report["total_s"] <= p.budget_s else "OVER"
-        notes.append(f"Wall time {report['total_s']:.0f}s, {state} the preset's budget of {p.budget_s:.0f}s "
-                     f"(the budget is an estimate made without a GPU until a run on one records otherwise).")
-    if p.scratch_same_init:
+        notes.append(f"Wall time {report['total_s']:.0f}s, {state} the preset's budget of {p.budget_s:.0f}s.")
+    for stage in report["budget_stopped"]:
+        b = report["budgets"][stage]
+        extra = f"; skipped: {', '.join(b['skipped'])}" if b.get("skipped") else ""
+        notes.append(f"BUDGET: {stage} reached its budget of {b['budget_s']:.0f}s and stopped cleanly ({b['reached']}{extra}).")
+    if p.adv_scratch is not None and p.scratch_same_init:
         notes.append("The from-scratch adversarial run starts from the same random weights as the clean run, so neurons can "
                      "be compared one to one; even so, neurons of independently trained nets need not stay aligned "
                      "(permutation symmetry): read per-neuron clean-vs-scratch numbers with that in mind "
                      "(the first layer also has a permutation-matched |cos|).")
+    if p.adv_scratch is None:
+        notes.append("This preset does not train adversarially from scratch (time): every adversarial model is fine-tuned from the clean weights.")
     notes.append("share |beta w'| > |v| is the share of neurons with |cos(w, w')| > 1/sqrt(2); for fine-tuned models w' starts "
                  "at w, so compare with how far w' moved (rel_dist_adv_from_clean) and with the clean-vs-init control.")
     if p.eval_amp is False and rt.amp:
@@ -323,25 +365,39 @@ def render_markdown(r: dict) -> str:
           f"sha256 `{(d['sha256'] or 'n/a')[:16]}…`, checksum verified: {d['checksum_verified']}",
           f"- model: {cfg['model']} {cfg['model_kwargs'] or ''}; seed {r['seed']}",
           f"- device: {rtm['device']}{' (' + rtm['gpu'] + ')' if 'gpu' in rtm else ''}, bf16 autocast {rtm['amp_bf16']}, "
-          f"channels_last {rtm['channels_last']}, torch {rtm['torch']}",
-          f"- threat model for training and the ensemble: {key}; total wall time {r['total_s']:.1f}s", ""]
-    L += ["| run | mode | epochs | lr | batch | steps (PGD) | trainable params | train s | guard fired |", "|---|---|---|---|---|---|---|---|---|"]
+          f"channels_last {rtm['channels_last']}, torch {rtm['torch']}"
+          + (f", CUDA {rtm.get('cuda')}, cuDNN {rtm.get('cudnn')}" if 'gpu' in rtm else ""),
+          f"- threat model for training and the ensemble: {key}; total wall time {r['total_s']:.1f}s"
+          + (f" (budget {r['budget_s']:.0f}s)" if r.get("budget_s") else ""),
+          f"- command: `{r['command']}`" if r.get("command") else "- command: (called from Python)", ""]
+    L += ["| run | mode | steps done/planned | epochs begun/planned | lr | batch | steps (PGD) | trainable params | train s | budget s | budget stopped | guard fired |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, h in r["training"].items():
         c = h["config"]
-        L.append(f"| {name} | {c['mode']} | {len(h['epochs'])}/{c['epochs']} | {c['lr']} | {c['batch_size']} | "
-                 f"{c['steps'] if c['mode'] == 'pgd' else '-'} | {h['trainable_params']:,} | {h['seconds']:.1f} | {h['stopped_early']} |")
+        L.append(f"| {name} | {c['mode']} | {h['steps']}/{h.get('steps_planned', '?')} | {len(h['epochs'])}/{c['epochs']} | {c['lr']} | {c['batch_size']} | "
+                 f"{c['steps'] if c['mode'] == 'pgd' else '-'} | {h['trainable_params']:,} | {h['seconds']:.1f} | "
+                 f"{c.get('budget_s') or '-'} | {h.get('budget_stopped', False)} | {h['stopped_early']} |")
     res = r["results"]
     keys = list(next(iter(res.values()))["pgd"])
     L += ["", "## Accuracy", "",
           f"Clean accuracy on {next(iter(res.values()))['n_clean']} test images; PGD-{cfg['pgd_steps']} with {cfg['pgd_restarts']} "
           f"restart(s) for {key} (1 for the other threat) on the first {next(iter(res.values()))['n_pgd']}; ensemble = APGD-CE → APGD-DLR-targeted "
-          f"({cfg['ensemble']['n_targets']} targets) → Square ({cfg['ensemble']['square_queries']} queries) on the first {cfg['ensemble']['n']}.", "",
+          f"({cfg['ensemble']['n_targets']} targets) → Square ({cfg['ensemble']['square_queries']} queries) on the first {cfg['ensemble']['n']}. "
+          "A column's (n) is the number of points it was measured on where a time budget cut it short.", "",
           "| model | clean | " + " | ".join(f"PGD {k}" for k in keys) + f" | ensemble {key} | after APGD-CE | after APGD-T |",
           "|---|---|" + "---|" * len(keys) + "---|---|---|"]
+
+    def cell(acc, n, planned):
+        return _pct(acc) + (f" (n={n})" if acc is not None and n is not None and n < planned else "")
+
     for name, x in res.items():
         e = x["ensemble"]
-        L.append(f"| {name} | {_pct(x['clean_acc'])} | " + " | ".join(_pct(x["pgd"][k]) for k in keys)
-                 + f" | {_pct(e['robust_acc'])} | {_pct(e['after']['apgd-ce'])} | {_pct(e['after']['apgd-t'])} |")
+        n_of = x.get("pgd_n", {})
+        L.append(f"| {name} | {_pct(x['clean_acc'])} | " + " | ".join(cell(x["pgd"][k], n_of.get(k), x["n_pgd"]) for k in keys)
+                 + f" | {cell(e['robust_acc'], e.get('n'), e.get('n_planned', e.get('n')))} | {_pct(e['after']['apgd-ce'])} | {_pct(e['after']['apgd-t'])} |")
+    skipped = {name: x["skipped"] for name, x in res.items() if x.get("skipped")}
+    if skipped:
+        L += ["", "Skipped when the evaluation budget ran out: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in skipped.items()) + "."]
     if r.get("clean_target"):
         t = r["clean_target"]
         L += ["", f"Clean-accuracy target {_pct(t['target'])}: {'reached' if t['reached'] else 'NOT reached'} ({_pct(t['achieved'])})."]
@@ -390,7 +446,10 @@ def render_markdown(r: dict) -> str:
         if "matched_abs_cos_clean_adv" in c["layers"][0]:
             L.append(f"\nFirst layer, permutation-matched mean |cos(w, w')|: {c['layers'][0]['matched_abs_cos_clean_adv']:.3f}.")
     L += ["", "## Figures", ""] + [f"![{k}]({v})" for k, v in r["figures"].items()]
-    L += ["", "## Timings (seconds, device synchronised)", "", "| stage | s |", "|---|---|"]
-    L += [f"| {k} | {v:.2f} |" for k, v in r["timings_s"].items()]
-    L += [f"| total | {r['total_s']:.2f} |", ""]
+    L += ["", "## Timings (seconds, device synchronised) and time budgets", "", "| stage | s | budget s | stopped by budget | reached |", "|---|---|---|---|---|"]
+    bud = r.get("budgets", {})
+    for k, v in r["timings_s"].items():
+        b = bud.get(k, {})
+        L.append(f"| {k} | {v:.2f} | {b.get('budget_s') or '-'} | {'**yes**' if b.get('stopped') else ('no' if b else '-')} | {b.get('reached', '')} |")
+    L += [f"| total | {r['total_s']:.2f} | {r.get('budget_s') or '-'} | | |", ""]
     return "\n".join(L)

@@ -90,7 +90,10 @@ class Runtime:
             "versions": versions(),  # Python, NumPy, Numba, SciPy, the machine and the code's commit (as sim records)
         }
         if self.device.type == "cuda":
-            info["gpu"] = torch.cuda.get_device_name(self.device)
+            props = torch.cuda.get_device_properties(self.device)
+            info.update(gpu=torch.cuda.get_device_name(self.device), gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                        cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                        peak_memory_gib=round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2))
         return info
 
 

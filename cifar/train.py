@@ -154,7 +154,7 @@ def train(
     history = {"config": asdict(cfg), "epochs": [], "stopped_early": False, "budget_stopped": False, "steps": 0, "steps_planned": total}
     t0 = time.perf_counter()
     step = 0
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=total, desc=desc, disable=None if progress else True, leave=False)  # None: off unless a terminal
     for epoch in range(cfg.epochs):
         perm = torch.randperm(n, generator=gen, device=x_u8.device)
         sum_loss = torch.zeros((), device=x_u8.device)

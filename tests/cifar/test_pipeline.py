@@ -1,6 +1,7 @@
 """The smoke preset end to end on a fake JPEG archive, and the command line's errors."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -53,10 +54,44 @@ def test_smoke_writes_complete_report(smoke):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_budgets_stop_stages_and_the_report_says_so(tmp_path):
+    """Budgets so small that every budgeted stage stops at once: the run still completes,
+    every number says what it covers, and the report flags each stopped stage."""
+    npz = tmp_path / "data" / "cifar10-jpeg-q75.npz"
+    write_fake_jpeg_npz(npz, n_train=200, n_test=60, contrast=0.1)
+    p = get_preset("smoke")
+    p.n_train, p.n_test, p.adv_scratch, p.ranks = 200, 60, None, (2,)
+    p.clean = replace(p.clean, epochs=2)
+    p.adv_finetune = replace(p.adv_finetune, epochs=2, budget_s=1e-3)
+    p.eval_batch, p.ensemble_batch, p.eval_budget_s = 20, 16, 1e-3
+    report = run(p, tmp_path / "out", data=npz, cache=tmp_path / "cache", device="cpu", quiet=True)
+    assert report["budget_stopped"] == sorted(["train:adv_ft_full", "train:adv_ft_rank2", "eval:clean", "eval:adv_ft_full", "eval:adv_ft_rank2"])
+    for name in ("adv_ft_full", "adv_ft_rank2"):
+        h = report["training"][name]
+        assert h["budget_stopped"] and h["steps"] == 1 and h["steps_planned"] == 8  # one step, then the budget is spent
+        res = report["results"][name]
+        assert res["pgd_n"]["linf 8/255"] == 20 and res["ensemble"]["n"] == 16  # the first chunk, whole
+        assert res["skipped"] == ["masking checks", "PGD l2 0.5"] and res["pgd"]["l2 0.5"] is None and "masking" not in res
+    assert not report["training"]["clean"]["budget_stopped"] and report["budgets"]["train:clean"]["budget_s"] is None
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.count("BUDGET: ") == 5 and "(n=20)" in md and "Skipped when the evaluation budget ran out" in md
+    assert "radius" not in report["figures"] and set(report["figures"]) == {"filters", "share", "lowrank"}
+
+
+@pytest.mark.parametrize("name", ["gpu", "tiny"])
+def test_stage_budgets_fit_the_whole_budget(name):
+    """Training budgets plus the robust models' evaluation budgets leave >= 30 s of the preset's
+    budget for data, the clean model's evaluation (cheap: PGD breaks it at once), measures, figures."""
+    p = get_preset(name)
+    staged = p.clean.budget_s + p.adv_finetune.budget_s + len(p.ranks) * p.lowrank_config().budget_s + (1 + len(p.ranks)) * p.eval_budget_s
+    assert staged <= p.budget_s - 30, staged
+
+
 def test_presets_and_overrides():
-    assert set(PRESETS) == {"smoke", "fast", "gpu"}
+    assert set(PRESETS) == {"smoke", "tiny", "fast", "gpu"}
     gpu = get_preset("gpu")
     assert gpu.model == "preact_resnet18" and gpu.clean_target == 0.93 and gpu.pgd_steps == 50 and gpu.expects_gpu
+    assert gpu.ranks == (1, 4, 16) and gpu.adv_finetune.mode == "fgsm" and gpu.pgd_restarts >= 2
     p = get_preset("smoke", norm="l2")
     assert p.threat == ("l2", 0.5) and p.adv_scratch.norm == "l2"
     assert get_preset("smoke", ranks=(1, 2, 4, 8, 16)).ranks == (1, 2, 4, 8, 16)
