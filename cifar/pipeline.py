@@ -206,7 +206,7 @@ def _run(p: Preset, rt: Runtime, out: Path, data, cache, quiet: bool, seed: int,
     results: dict[str, dict] = {}
     for name, m in models.items():
         stage = f"eval:{name}"
-        with timer(stage):
+        with timer(stage), rt.autotune(False):
             log(f"evaluating {name}" + (f" (budget {p.eval_budget_s:.0f}s)" if p.eval_budget_s else ""))
             deadline = Deadline(p.eval_budget_s)
             if p.eval_amp is not None:

@@ -75,6 +75,21 @@ class Runtime:
             net = net.to(memory_format=torch.channels_last)
         return Forward(net, self.amp if amp is None else amp, self.channels_last)
 
+    @contextmanager
+    def autotune(self, enabled: bool):
+        """cuDNN autotuning (benchmark mode) on or off inside the block. Training keeps one
+        batch shape and gains from it; attacks shrink their batches to the surviving points,
+        and autotuning every new shape would cost more than it saves."""
+        if self.device.type != "cuda":
+            yield
+            return
+        old = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = enabled
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = old
+
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

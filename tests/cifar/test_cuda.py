@@ -47,6 +47,9 @@ def test_runtime_defaults_on_cuda(rt):
     assert rt.device.type == "cuda" and rt.amp and rt.channels_last and torch.backends.cudnn.benchmark
     info = rt.describe()
     assert info["gpu"] and info["cuda"] and info["cudnn"] and info["gpu_memory_gib"] > 1
+    with rt.autotune(False):
+        assert not torch.backends.cudnn.benchmark
+    assert torch.backends.cudnn.benchmark
     with pytest.raises(ConfigError, match="CUDA device"):
         Runtime.create(f"cuda:{torch.cuda.device_count()}")
 
