@@ -153,7 +153,7 @@ def _gpu() -> Preset:
         n_train=None,
         n_test=None,
         clean=TrainConfig(mode="clean", epochs=35, batch_size=512, lr=0.2, label_smoothing=0.1, warmup=0.15, budget_s=120.0),
-        adv_finetune=TrainConfig(budget_s=40.0, **ft),
+        adv_finetune=TrainConfig(budget_s=38.0, **ft),
         adv_scratch=None,
         ranks=(1, 4, 16),
         lowrank_budget_s=38.0,
