@@ -196,3 +196,105 @@ def fit_robust_logistic(X, y, tau, norm, *, intercept: bool = False, ridge: floa
     return model, {"zero_optimal": False, "grad_norm": grad_norm, "n_iter": int(res.nit),
                    "loss": robust_loss(model.theta, X, y, tau, norm, intercept),
                    "zero_test": (g0_norm, tau * float(np.mean(s)))}
+
+
+def _normalised_margin_grad(w, X, y, tau, norm, T):
+    """(surrogate, gradient, exact margins) of mean sigmoid(-r/T), r_i = y_i <w, x_i>/|w|_* - tau.
+
+    r is scale-invariant in w; r_i > 0 exactly when point i is robust at tau (the exact
+    robust margin divided by |w|_*), so mean(r > 0) is the exact robust accuracy of w.
+    """
+    N = dual_norm(w, norm)
+    gN = np.sign(w) if norm == "linf" else w / N
+    yf = y * (X @ w)
+    r = yf / N - tau
+    s = expit(-r / T)
+    dr = -s * (1 - s) / T / len(y)  # d surrogate / d r_i
+    g = X.T @ (dr * y) / N - float(dr @ yf) * gN / N ** 2
+    return float(s.mean()), g, r
+
+
+def fit_robust_accuracy(X, y, tau, norm, starts, *, rng: np.random.Generator, val_share: float = 0.2,
+                        top: int = 2, stages: int = 6, steps: int = 100, batch: int = 2048, lr: float = 0.02,
+                        check_every: int = 20, z: float = 2.0):
+    """A linear model of high exact robust accuracy (no intercept: odd parity).
+
+    Robust accuracy of w is exact, mean(y <w, x> - tau |w|_* > 0), but maximising it is a
+    0-1 problem. (X, y) is split into a fitting part and a validation part (val_share,
+    random by rng); every candidate is judged by its exact robust accuracy on the
+    validation part (on the fitting part it overfits: at d = 256, N = 6000, l2 0.25 the
+    continuation took the fitting accuracy from 6 % to 15 % and the test accuracy down).
+    Candidates: the starts themselves (dict name -> w; zero vectors skipped), and the
+    iterates of a continuation from each of the `top` best starts: the sigmoid surrogate
+    mean sigmoid(-r/T) of the normalised robust margin r = y <w, x>/|w|_* - tau (r > 0
+    exactly when the point is robust), `stages` temperatures T halving from the spread of
+    r at the start, `steps` mini-batch Adam steps each on the unit sphere of |.|_2 (r does
+    not depend on the scale of w), an iterate taken every `check_every` steps.
+    The first start is the reference (the table passes M w*): another candidate replaces
+    it only if it is better on the validation part by more than `z` standard errors of
+    the paired difference (selecting the best of ~30 candidates on validation alone
+    picked, at l2 0.25, models 1-2 points below M w* on the test set). So the result is
+    the reference unless something was found that is better beyond selection noise.
+    Returns (model, info), info = dict(start (winning start), how, val_acc, fit_acc,
+    ref_val_acc, start_val_acc {name: validation accuracy of each start}).
+    """
+    check_norm_tau(norm, tau)
+    X = np.asarray(X, np.float64)
+    y = np.asarray(y, np.float64)
+    n = len(y)
+    perm = rng.permutation(n)
+    n_val = max(1, int(round(val_share * n)))
+    vi, fi = perm[:n_val], perm[n_val:]
+    Xv, yv = X[vi], y[vi]
+    Xf, yf = X[fi].astype(np.float32), y[fi]
+
+    def robust(w):
+        return yv * (Xv @ w) - tau * dual_norm(w, norm) > 0
+
+    ref_name = next(iter(starts))
+    ref = robust(np.asarray(starts[ref_name], np.float64))
+    best = (float(ref.mean()), None, None, "")
+    start_val = {}
+
+    def consider(w, name, how):
+        nonlocal best
+        ok = robust(w)
+        acc = float(ok.mean())
+        diff = ok.astype(np.float64) - ref
+        se = float(np.std(diff)) / np.sqrt(len(diff))
+        if best[1] is None and name == ref_name and how.startswith("start") or (acc > best[0] and
+                                                                               acc - ref.mean() > z * se):
+            best = (acc, w / np.linalg.norm(w), name, how)
+        return acc
+
+    for name, w0 in starts.items():
+        w = np.asarray(w0, np.float64)
+        if not np.any(w):
+            continue
+        start_val[name] = consider(w, name, "start, not optimised")
+    for name in sorted(start_val, key=lambda k: -start_val[k])[:top]:
+        w = np.asarray(starts[name], np.float64)
+        w = w / np.linalg.norm(w)
+        _, _, r = _normalised_margin_grad(w, Xf, yf, tau, norm, 1.0)
+        T = max(float(np.std(r)), 1e-6)
+        m1, m2 = np.zeros_like(w), np.zeros_like(w)
+        t = 0
+        for stage in range(stages):
+            for i in range(steps):
+                idx = rng.integers(0, len(yf), size=min(batch, len(yf)))
+                _, g, _ = _normalised_margin_grad(w, Xf[idx], yf[idx], tau, norm, T)
+                t += 1
+                m1 = 0.9 * m1 + 0.1 * g
+                m2 = 0.999 * m2 + 0.001 * g * g
+                w = w - lr * (m1 / (1 - 0.9 ** t)) / (np.sqrt(m2 / (1 - 0.999 ** t)) + 1e-12)
+                w /= np.linalg.norm(w)
+                if (i + 1) % check_every == 0:
+                    consider(w, name, f"sigmoid continuation from {name}, stage {stage} (T = {T:.3g})")
+            T /= 2
+    if best[1] is None:
+        return LinearModel(np.zeros(X.shape[1])), {"start": None, "how": "all starts zero", "val_acc": 0.0,
+                                                    "fit_acc": 0.0, "ref_val_acc": 0.0, "start_val_acc": start_val}
+    w = best[1]
+    fit_acc = float(np.mean(yf * (Xf @ w) - tau * dual_norm(w, norm) > 0))
+    return LinearModel(w), {"start": best[2], "how": best[3], "val_acc": best[0], "fit_acc": fit_acc,
+                            "ref_val_acc": float(ref.mean()), "start_val_acc": start_val}
