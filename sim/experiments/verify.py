@@ -254,25 +254,8 @@ def threat_claims(norm, tau, tm, clean_dense, vc) -> list[Claim]:
 
 
 def lower_bound_claims(norm, tau, tm) -> list[Claim]:
-    """C5: trained low-complexity models fail at the radius where the network holds.
+    """C5 split by class (sim.lowerbound.claims.c5_claims): each class judged on its best member."""
+    from sim.lowerbound.claims import c5_claims
 
-    The hand-built ('oracle') cubic is judged on its own: it is a degree-3 polynomial made
-    from M and w*, not trained, and tells whether the class itself can be robust here.
-    """
-    lin_c, other_c, net_c = CLAIMS["C5-linear"], CLAIMS["C5-other"], CLAIMS["C3-robust"]
-    rows = tm["lower_bound"]
-    trained = [r for r in rows if r["training"] != "oracle"]
-    linear = [r["robust_acc"] for r in trained if r["model"] == "linear"]
-    other = [r["robust_acc"] for r in trained if r["model"] != "linear"]
-    net = tm["adv_net"]["robust_acc"]
-    worst = max(linear + other)
-    holds = lin_c.holds(max(linear, default=0)) and other_c.holds(max(other, default=0)) and net_c.holds(net)
-    out = [Claim(f"C5-{norm}", f"best robust accuracy at {norm} tau={tau:g} of linear (exact), polynomial and NTK models"
-                 f" (clean/adversarial, N and 10N); holds if linear {lin_c.text}, others {other_c.text} and the network"
-                 f" {net_c.text} (network: {net:.3f})", worst, C5_TEXT, holds)]
-    for r in rows:
-        if r["training"] == "oracle":
-            out.append(Claim(f"C5-oracle-{r['model']}-{norm}", f"hand-built (not trained) {r['model']} from M and w*:"
-                             f" robust accuracy; the class bound says {other_c.text}", r["robust_acc"], other_c.text,
-                             other_c.holds(r["robust_acc"])))
-    return out
+    return [Claim(c["id"], c["description"], c["value"], c["threshold"], c["holds"])
+            for c in c5_claims(tm["lower_bound"], norm, tau, tm["adv_net"]["robust_acc"])]

@@ -7,8 +7,8 @@ perturbation), then sum with the label weights. Odd p keeps f odd like the netwo
 
 Hand-built shapes (`step_coefficients`): p'(t) proportional to t^2 (1 - t^2)^((P-3)/2),
 p(1) = 1, i.e. p(0) = p'(0) = p''(0) = 0 (an inactive coordinate moved by e gives only
-O(e^3)) and p', ..., p^((P-1)/2) vanish at t = 1 (an active coordinate moved by e loses
-only O(e^((P+1)/2))):
+O(e^3)) and p', ..., p^((P-3)/2) vanish at t = 1 (an active coordinate moved by e loses
+only O(e^((P-1)/2))):
     P = 3: t^3;   P = 5: (5 t^3 - 3 t^5)/2;   P = 7: (35 t^3 - 42 t^5 + 15 t^7)/8.
 `monomial_coefficients` gives t^P (the 'oracle' f = sum_j w*_j <m_j, x>^P).
 
@@ -61,8 +61,10 @@ def monomial_coefficients(degree: int) -> np.ndarray:
 class AtomPolynomial:
     """f(x) = sum_j a_j p(<m_j, x>), p odd of degree P with coefficients c; theta = [c, a]."""
 
-    def __init__(self, M, a, c, train: str = "ca"):
+    def __init__(self, M, a, c, train: str = "ca", dtype=np.float64):
         self.M = np.ascontiguousarray(M, np.float64)
+        self.dtype = np.dtype(dtype)
+        self._Mc = self.M.astype(self.dtype)
         a = np.asarray(a, np.float64).ravel()
         c = np.asarray(c, np.float64).ravel()
         if a.shape != (self.M.shape[1],):
@@ -84,33 +86,39 @@ class AtomPolynomial:
         return self.theta[self.nc:]
 
     def p(self, U):
-        return sum(ci * U ** l for ci, l in zip(self.c, self.powers))
+        return sum(U.dtype.type(ci) * U ** l for ci, l in zip(self.c, self.powers))
 
     def dp(self, U):
-        return sum(ci * l * U ** (l - 1) for ci, l in zip(self.c, self.powers))
+        return sum(U.dtype.type(ci * l) * U ** (l - 1) for ci, l in zip(self.c, self.powers))
+
+    def _U(self, X):
+        return np.asarray(X, self.dtype) @ self._Mc
 
     def forward(self, X):
-        X = np.asarray(X, np.float64)
+        X = np.asarray(X)
+        a = self.a.astype(self.dtype)
         out = [np.zeros(0)]
         for i in range(0, len(X), CHUNK):
-            out.append(self.p(X[i:i + CHUNK] @ self.M) @ self.a)
+            out.append((self.p(self._U(X[i:i + CHUNK])) @ a).astype(np.float64))
         return np.concatenate(out)
 
     def output_gradient(self, X):
-        U = np.asarray(X, np.float64) @ self.M
-        return (self.dp(U) * self.a) @ self.M.T, self.p(U) @ self.a
+        U = self._U(X)
+        a = self.a.astype(self.dtype)
+        return ((self.dp(U) * a) @ self._Mc.T).astype(np.float64), (self.p(U) @ a).astype(np.float64)
 
     def loss_grad(self, X, y):
         from .fit import logistic
 
-        U = np.asarray(X, np.float64) @ self.M
+        U = self._U(X)
+        a = self.a.astype(self.dtype)
         pows = [U ** l for l in self.powers]
-        P = sum(ci * Ul for ci, Ul in zip(self.c, pows))
-        f = P @ self.a
+        P = sum(U.dtype.type(ci) * Ul for ci, Ul in zip(self.c, pows))
+        f = (P @ a).astype(np.float64)
         loss, dl = logistic(y * f)
-        g = dl * y / len(y)
-        gc = np.array([g @ (Ul @ self.a) for Ul in pows]) if "c" in self.train else np.zeros(self.nc)
-        ga = P.T @ g if "a" in self.train else np.zeros(len(self.a))
+        g = (dl * y / len(y)).astype(self.dtype)
+        gc = (np.array([g @ (Ul @ a) for Ul in pows], np.float64) if "c" in self.train else np.zeros(self.nc))
+        ga = (P.T @ g).astype(np.float64) if "a" in self.train else np.zeros(len(self.a))
         return float(loss.mean()), np.concatenate([gc, ga]), f
 
 
@@ -177,3 +185,17 @@ def lagrangian_certificate(model: AtomPolynomial, X, y, tau: float, *, box=None,
             best = np.maximum(best, fnew)
         out[i:i + block] = best
     return out
+
+
+def threat_box(M, tau: float, norm: str):
+    """(box, radius2) of lagrangian_certificate for the ball of radius tau in x (any M).
+
+    e = M^T delta: |e_j| <= tau |m_j|_* and |e|_2 <= |M|_2 |delta|_2, with |delta|_2 <= tau
+    (l2) or <= tau sqrt(d) (l_inf). For an orthogonal M in l2 this is box_j = tau,
+    radius2 = tau^2, the exact image of the ball's bounding set.
+    """
+    M = np.asarray(M, np.float64)
+    smax = float(np.linalg.norm(M, 2))
+    if norm == "l2":
+        return tau * np.linalg.norm(M, axis=0), (smax * tau) ** 2
+    return tau * np.abs(M).sum(axis=0), (smax * tau) ** 2 * M.shape[0]

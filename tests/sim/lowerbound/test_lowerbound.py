@@ -8,9 +8,10 @@ from hypothesis import strategies as st
 from sim import attacks
 from sim.model.config import ConfigError, DataConfig, ModelConfig, RunConfig
 from sim.model.data import Problem
-from sim.lowerbound import (Budget, LinearModel, NTKModel, OraclePolynomial, PolynomialModel, activation_probability,
-                            fit_logistic, fit_robust_logistic, format_table, kappa_coefficients, lower_bound_table,
-                            ntk_infinite)
+from sim.lowerbound import (AtomPolynomial, Budget, LinearModel, NTKModel, OraclePolynomial, PolynomialModel,
+                            activation_probability, c5_claims, fit_logistic, fit_robust_accuracy, fit_robust_logistic,
+                            format_table, kappa_coefficients, lagrangian_certificate, lower_bound_table,
+                            monomial_coefficients, ntk_infinite, step_coefficients, threat_box)
 from sim.lowerbound.linear import robust_loss
 from sim.model.network import TwoLayerNet
 
@@ -368,17 +369,147 @@ def test_table_rows(small, norm, tau, parity):
     assert all(keys <= set(r) for r in rows)
     got = {(r["model"], r["training"], r["n_train"]) for r in rows}
     for n in (300, 600):
-        for model, trainings in (("linear", ("clean", "adversarial", "best_robust")), ("poly2", ("clean", "adversarial")),
+        for model, trainings in (("linear", ("clean", "adversarial", "robust_logistic", "best_accuracy")),
+                                 ("poly2", ("clean", "adversarial")),
                                  ("poly3", ("clean", "adversarial")), ("ntk", ("clean", "adversarial"))):
             assert {(model, t, n) for t in trainings} <= got
     assert ("linear", "bayes", None) in got and ("poly3", "oracle", None) in got
+    for p in (3, 5, 7):
+        assert ("poly%d" % p, "atom_adversarial", 600) in got and ("poly%d" % p, "oracle", None) in got
+    assert ("poly5", "oracle_step", None) in got and ("poly7", "oracle_step", None) in got
+    by = {(r["model"], r["training"], r["n_train"]): r for r in rows}
+    for n in (300, 600):  # the best-accuracy linear model is at least as good as M w* (exact, whole test set)
+        assert by[("linear", "best_accuracy", n)]["robust_acc"] >= by[("linear", "bayes", None)]["robust_acc"]
+    assert all(r["class"] == r["model"] for r in rows)
     for r in rows:
         assert r["robust_kind"] == ("exact" if r["model"] == "linear" else "attacked")
         assert 0 <= r["robust_acc"] <= 1 and 0 <= r["clean_acc"] <= 1
+        if "certified_acc" in r:
+            assert r["certified_acc"] <= r["robust_acc"]  # sound bound below the attacks
         if r["model"] == "linear":
             assert r["robust_acc"] <= r["clean_acc"]  # both exact, on the whole test set
             # the attacks never beat the exact worst case; FGM reaches it
             assert r["attacked_acc"] == pytest.approx(r["exact_acc_eval"], abs=0.011)
             assert r["attacked_acc"] >= r["exact_acc_eval"] - 1e-12
     text = format_table(rows)
-    assert "best_robust" in text and "oracle" in text
+    assert "robust_logistic" in text and "best_accuracy" in text and "oracle" in text
+    claims = c5_claims(rows, norm, tau, net_robust=0.95)
+    ids = [c["id"] for c in claims]
+    assert ids == [f"C5-{c}-{norm}" for c in ("linear", "poly-deg2", "poly-deg3", "poly-deg5", "poly-deg7", "ntk")]
+    for c in claims:
+        cls = "linear" if c["id"].startswith("C5-linear") else None
+        members = [r for r in rows if r["class"] == (cls or c["id"][len("C5-"):-len(norm) - 1].replace("poly-deg", "poly"))]
+        assert members and c["value"] == max(r["robust_acc"] for r in members)
+        assert c["holds"] == (c["value"] <= (0.10 if cls else 0.20))
+        assert set(c) == {"id", "description", "value", "threshold", "holds", "source"}
+    assert not any(c["holds"] for c in c5_claims(rows, norm, tau, net_robust=0.5))  # the network must be robust
+
+
+# ---------------------------------------------------------------- issue 13: each class at its strongest
+
+@pytest.mark.parametrize("norm", attacks.NORMS)
+def test_exact_linear_robust_accuracy_matches_a_brute_force_attack(norm):
+    """Tiny data (d = 2, 3): the closed form against an enumeration of the ball's extreme points."""
+    rng = np.random.default_rng(5)
+    for d in (2, 3):
+        X = rng.standard_normal((40, d)) * 0.5
+        y = rng.choice([-1.0, 1.0], size=40)
+        model = LinearModel(rng.standard_normal(d))
+        tau = 0.3
+        if norm == "linf":  # the minimum of a linear function on the cube is at a corner: enumerate all 2^d
+            corners = np.array(np.meshgrid(*[[-1.0, 1.0]] * d)).reshape(d, -1).T * tau
+        else:  # a dense sample of the sphere (the minimum is on it): brute force within its resolution
+            g = rng.standard_normal((200000, d))
+            corners = g / np.linalg.norm(g, axis=1, keepdims=True) * tau
+        brute = np.min(y[:, None] * ((X @ model.w)[:, None] + (corners @ model.w)[None, :]), axis=1)
+        closed = model.robust_margin(X, y, tau, norm)
+        np.testing.assert_allclose(brute, closed, atol=1e-12 if norm == "linf" else 1e-4)
+        assert np.all(brute >= closed - 1e-12)
+        clear = np.abs(closed) > 1e-3
+        assert np.array_equal((brute > 0)[clear], (closed > 0)[clear])
+
+
+def test_best_accuracy_linear_is_at_least_the_reference():
+    pb = Problem.from_config(DataConfig(d=32, n_train=2000, n_test=2000, seed=1))
+    tr, te = pb.train_set(), pb.test_set()
+    for norm, tau in (("l2", 0.3), ("linf", 0.05)):
+        starts = {"M w*": pb.bayes_direction, "zero": np.zeros(32),
+                  "robust logistic": fit_robust_logistic(tr.x, tr.y, tau, norm, ridge=1e-4)[0].w}
+        model, info = fit_robust_accuracy(tr.x, tr.y, tau, norm, starts, rng=np.random.default_rng(0), stages=3,
+                                          steps=40)
+        assert "zero" not in info["start_val_acc"]
+        assert info["val_acc"] >= info["ref_val_acc"] == info["start_val_acc"]["M w*"]
+        bayes = LinearModel(pb.bayes_direction)
+        assert model.exact_robust_accuracy(te.x, te.y, tau, norm) >= bayes.exact_robust_accuracy(te.x, te.y, tau, norm)
+
+
+def test_step_coefficients_are_flat_at_zero_and_one():
+    for P in (3, 5, 7, 9):
+        c = step_coefficients(P)
+        m = AtomPolynomial(np.eye(1), np.ones(1), c)
+        t = np.array([[1.0]])
+        assert m.p(t)[0, 0] == pytest.approx(1.0)
+        assert m.p(-t)[0, 0] == pytest.approx(-1.0)
+        coef = np.zeros(P + 1)
+        coef[1::2] = c
+        for order in range(1, (P - 3) // 2 + 1):  # p^(1..(P-3)/2)(1) = 0
+            assert np.polynomial.polynomial.polyval(1.0, np.polynomial.polynomial.polyder(coef, order)) == \
+                pytest.approx(0.0, abs=1e-9)
+        assert coef[1] == 0 and coef[0] == 0  # p = O(t^3) at 0
+    np.testing.assert_allclose(step_coefficients(5), [0, 2.5, -1.5])
+    with pytest.raises(ConfigError, match="^degree"):
+        step_coefficients(4)
+
+
+@pytest.mark.parametrize("train", ["ca", "a", "c"])
+def test_atom_polynomial_gradients_match_autograd(train):
+    rng = np.random.default_rng(3)
+    d, n = 6, 9
+    M = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    model = AtomPolynomial(M, rng.standard_normal(d), rng.standard_normal(3), train=train)
+    X = rng.standard_normal((n, d)) * 0.7
+    y = rng.choice([-1.0, 1.0], size=n)
+
+    def f_of(Xt, th):
+        U = Xt @ torch.tensor(M)
+        return sum(th[i] * U ** (2 * i + 1) for i in range(3)) @ th[3:]
+
+    Xt = torch.tensor(X, requires_grad=True)
+    f_t = f_of(Xt, torch.tensor(model.theta))
+    f_t.sum().backward()
+    J, f = model.output_gradient(X)
+    np.testing.assert_allclose(f, f_t.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.forward(X), f, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(J, Xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.forward(-X), -f, atol=1e-12)  # odd
+    loss, g, _ = model.loss_grad(X, y)
+    loss_t, g_t = _autograd_theta(model, X, y, lambda th: f_of(torch.tensor(X), th))
+    assert loss == pytest.approx(loss_t, rel=1e-12)
+    mask = np.r_[np.full(3, "c" in train), np.full(d, "a" in train)]
+    np.testing.assert_allclose(g[mask], g_t[mask], rtol=1e-10, atol=1e-12)
+    assert not np.any(g[~mask])
+    m32 = AtomPolynomial(M, model.a, model.c, dtype=np.float32)
+    np.testing.assert_allclose(m32.output_gradient(X)[0], J, rtol=1e-4, atol=1e-4 * np.abs(J).max())
+
+
+@pytest.mark.parametrize("norm", attacks.NORMS)
+def test_lagrangian_certificate_is_sound_and_tight_on_a_brute_force(norm):
+    """d = 2: the bound never exceeds the minimum over a fine grid of the ball, and is close to it."""
+    rng = np.random.default_rng(11)
+    M = np.linalg.qr(rng.standard_normal((2, 2)))[0]
+    tau = 0.3
+    for c in (step_coefficients(5), monomial_coefficients(3), np.array([0.4, -1.0, 0.5])):
+        model = AtomPolynomial(M, np.array([1.0, -0.7]), c)
+        X = rng.standard_normal((30, 2)) * 0.8
+        y = rng.choice([-1.0, 1.0], size=30)
+        box, r2 = threat_box(M, tau, norm)
+        cert = lagrangian_certificate(model, X, y, tau, box=box, radius2=r2)
+        g = np.linspace(-tau, tau, 301)
+        D = np.array(np.meshgrid(g, g)).reshape(2, -1).T
+        D = D[np.linalg.norm(D, axis=1) <= tau] if norm == "l2" else D
+        brute = np.array([np.min(yi * model.forward(xi[None, :] + D)) for xi, yi in zip(X, y)])
+        assert np.all(cert <= brute + 1e-12)
+        if norm == "l2":  # exact image of the ball: the dual bound is close to the true minimum here
+            assert np.median(brute - cert) < 0.05 * (1 + np.median(np.abs(brute)))
+        pg = attacks.pgd(model, X, y, tau, norm, steps=30, restarts=3, rng=rng)
+        assert np.all(cert <= pg.margin + 1e-12)
