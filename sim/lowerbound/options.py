@@ -82,7 +82,8 @@ def markdown(doc: dict) -> str:
     res = doc["results"]
     classes = sorted({c for r in res.values() for c in r["classes"]}, key=_class_key)
     lines = [f"# C5 by data option (d = {doc['d']}, {doc['norm']} tau = {doc['tau']:g})", "",
-             f"Command: `{doc['command']}` at commit {doc['commit']}.", "",
+             "Commands (a run resumes the file and adds the options not yet in it): "
+             + "; ".join(f"`{c}`" for c in doc.get("commands", [doc["command"]])) + ".", "",
              "Each cell: the best robust accuracy found in the class (exact for linear; attacked otherwise, "
              "certified lower bound in brackets where one exists) and **yes** where it reaches the adversarially "
              f"trained network. Network: FGM adversarial training at a reduced budget ({doc['budget']}), robust "
@@ -147,6 +148,9 @@ def main(argv=None) -> int:
         old = json.loads(jpath.read_text())
         if all(old.get(k) == doc[k] for k in ("d", "norm", "tau", "budget")):
             doc["results"] = old.get("results", {})
+            prev = old.get("commands", [f"{old.get('command')} (commit {old.get('commit')})"])
+            doc["commands"] = prev + [f"{doc['command']} (commit {commit})"]
+    doc.setdefault("commands", [f"{doc['command']} (commit {commit})"])
     for name, cfg in tqdm(cfgs.items(), desc="data options", disable=a.quiet):
         if name in doc["results"]:
             continue
