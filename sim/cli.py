@@ -209,28 +209,45 @@ def add_lowerbound_command(subparsers) -> None:
     lb.add_argument("--n-eval", type=int, default=1000)
     lb.add_argument("--parity", default="odd")
     lb.add_argument("--factors", default="1,10", help="training-set sizes in units of N, e.g. 1,10")
+    lb.add_argument("--degrees", default="2,3", help="kernel polynomial degrees")
+    lb.add_argument("--atom-degrees", default="3,5,7", help="odd degrees of the per-atom polynomials ('' for none)")
+    lb.add_argument("--net-robust", type=float, default=None,
+                    help="the network's robust accuracy at this radius, to judge the split claims")
     lb.add_argument("--json", help="also write the rows to this file")
     lb.add_argument("--quiet", action="store_true")
     lb.set_defaults(func=_cmd_lowerbound)
+
+
+def _int_list(name: str, text: str) -> tuple:
+    """'1,10' -> (1, 10); '' -> (); anything else is a ConfigError naming the option."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is invalid: allowed comma-separated integers, e.g. 1,10") from None
 
 
 def _cmd_lowerbound(a) -> int:
     import time
 
     from .common.files import atomic_write_bytes
+    from .lowerbound.claims import c5_claims
     from .lowerbound.table import format_table, lower_bound_table
     from .model.config import DataConfig
     from .model.data import Problem
 
+    lists = {k: _int_list(f"--{k.replace('_', '-')}", getattr(a, k)) for k in ("factors", "degrees", "atom_degrees")}
     cfg = DataConfig(d=a.d, k=a.k, seed=a.seed)
     problem = Problem.from_config(cfg)
     t0 = time.perf_counter()
     rows = lower_bound_table(problem, problem.train_set(), problem.test_set(), a.tau, a.norm, scale=a.scale,
-                             n_eval=a.n_eval, quiet=a.quiet, parity=a.parity,
-                             n_factors=tuple(int(v) for v in a.factors.split(",")))
+                             n_eval=a.n_eval, quiet=a.quiet, parity=a.parity, n_factors=lists["factors"],
+                             degrees=lists["degrees"], atom_degrees=lists["atom_degrees"])
     print(f"C5 at d={a.d}, k={a.k:g}, {a.norm} tau={a.tau:g}, parity={a.parity}, scale={a.scale:g}: "
           f"{time.perf_counter() - t0:.1f} s")
     print(format_table(rows))
+    if a.net_robust is not None:
+        for c in c5_claims(rows, a.norm, a.tau, a.net_robust):
+            print(f"{c['id']}: {c['value']:.3f} ({'holds' if c['holds'] else 'does not hold'}) {c['description']}")
     if a.json:
         atomic_write_bytes(Path(a.json), json.dumps(rows, indent=1, default=float).encode())
     return 0
