@@ -155,7 +155,8 @@ def _attacked(model, X, y, tau, norm, direction, budget, seed, relaxed=None):
 def lower_bound_table(problem: Problem, train, test, tau: float, norm: str, *, scale: float = 1.0, seed: int = 0,
                       n_eval: int = 1000, quiet: bool = False, degrees=(2, 3), n_factors=(1, 10),
                       parity: str = "odd", model_cfg: ModelConfig | None = None, oracle: bool = True,
-                      atom_degrees=(3, 5, 7), budget: Budget | None = None, dtype=np.float32) -> list[dict]:
+                      atom_degrees=(3, 5, 7), ntk: bool = True, budget: Budget | None = None,
+                      dtype=np.float32) -> list[dict]:
     """Rows {model, class, training, n_train, clean_acc, robust_acc, robust_kind, seconds, ...} of claim C5.
 
     problem/train/test: the data of the network's runs; tau/norm: the threat model.
@@ -167,6 +168,7 @@ def lower_bound_table(problem: Problem, train, test, tau: float, norm: str, *, s
     both). model_cfg: the network's ModelConfig (its init W0 is the NTK's; default
     ModelConfig()). oracle: add the hand-built per-atom rows. atom_degrees: odd degrees
     of the per-atom polynomials (hand-built and adversarially trained; () for none).
+    ntk: add the NTK rows.
     budget: training/attack budgets (Budget, scaled by `scale`). dtype: compute dtype
     of the polynomial and NTK models (float32: twice as fast; parameters stay float64).
     Extra keys per row: tau, norm, parity, n_eval (points behind robust_acc), per_attack,
@@ -212,7 +214,8 @@ def lower_bound_table(problem: Problem, train, test, tau: float, norm: str, *, s
                  ("linear", "best_accuracy", fct)]
         for p in degrees:
             jobs += [(f"poly{p}", "clean", fct), (f"poly{p}", "adversarial", fct)]
-        jobs += [("ntk", "clean", fct), ("ntk", "adversarial", fct)]
+        if ntk:
+            jobs += [("ntk", "clean", fct), ("ntk", "adversarial", fct)]
     jobs.append(("linear", "bayes", None))
     for p in atom_degrees:
         if oracle:
@@ -227,7 +230,7 @@ def lower_bound_table(problem: Problem, train, test, tau: float, norm: str, *, s
     bar = tqdm(jobs, desc=f"C5 lower bound ({norm}, tau={tau:g})", disable=quiet, leave=False)
     for j, (model_name, training, fct) in enumerate(bar):
         bar.set_postfix_str(f"{model_name} {training} {'' if fct is None else f'{fct}N'}")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rng = stream(cfg, STREAM_ATTACK, C5_KEY, seed, j)
         row = {"model": model_name, "class": model_name, "training": training,
                "n_train": None if fct is None else fct * N, **common}
@@ -339,6 +342,7 @@ def lower_bound_table(problem: Problem, train, test, tau: float, norm: str, *, s
             if certified is not None:
                 row["certified_acc"] = certified
         row["seconds"] = time.perf_counter() - t0
+        row["cpu_seconds"] = time.process_time() - c0
         rows.append(row)
     return rows
 
