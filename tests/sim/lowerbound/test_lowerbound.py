@@ -513,3 +513,21 @@ def test_lagrangian_certificate_is_sound_and_tight_on_a_brute_force(norm):
             assert np.median(brute - cert) < 0.05 * (1 + np.median(np.abs(brute)))
         pg = attacks.pgd(model, X, y, tau, norm, steps=30, restarts=3, rng=rng)
         assert np.all(cert <= pg.margin + 1e-12)
+
+
+@pytest.mark.parametrize("norm", attacks.NORMS)
+def test_linear_surrogate_gradient_matches_autograd(norm):
+    from sim.lowerbound.linear import _normalised_margin_grad
+
+    rng = np.random.default_rng(4)
+    X, y, w = rng.standard_normal((15, 7)), rng.choice([-1.0, 1.0], size=15), rng.standard_normal(7)
+    val, g, r = _normalised_margin_grad(w, X, y, 0.2, norm, 0.3)
+    wt = torch.tensor(w, requires_grad=True)
+    N = wt.abs().sum() if norm == "linf" else wt.norm()
+    rt = torch.tensor(y) * (torch.tensor(X) @ wt) / N - 0.2
+    s = torch.sigmoid(-rt / 0.3).mean()
+    s.backward()
+    assert val == pytest.approx(float(s.detach()), rel=1e-12)
+    np.testing.assert_allclose(r, rt.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(g, wt.grad.numpy(), rtol=1e-10, atol=1e-13)
+    assert np.array_equal(r > 0, LinearModel(w).robust_margin(X, y, 0.2, norm) > 0)  # r > 0 iff robust
