@@ -38,6 +38,7 @@ def options(d: int) -> dict[str, dict]:
     return {"baseline": {},
             "uniform a_min 0.5": {"magnitude": "uniform", "a_min": 0.5},
             "uniform a_min 0.1": {"magnitude": "uniform", "a_min": 0.1},
+            "uniform a_min 0.1, margin 1": {"magnitude": "uniform", "a_min": 0.1, "margin": 1.0},
             "noise 0.5": {"noise": 0.5},
             "noise 1.0": {"noise": 1.0},
             f"k = d^0.5 = {d ** 0.5:.3g}": {"k": float(d ** 0.5)},
@@ -127,7 +128,10 @@ def main(argv=None) -> int:
         opts = options(a.d)
         if a.only:
             opts = {k: v for k, v in opts.items() if k in a.only.split(",")}
-        cfgs = {k: DataConfig(d=a.d, seed=a.seed).replace(**v) for k, v in opts.items()}
+        # built in one go: DataConfig resolves margin=None from the magnitude (a_min for 'uniform'), which a
+        # .replace() of a resolved pm1 config would keep at 1 (the first run did that: its 'uniform' rows are
+        # kept, renamed '..., margin 1')
+        cfgs = {k: DataConfig(d=a.d, seed=a.seed, **v) for k, v in opts.items()}
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
