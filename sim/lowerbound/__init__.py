@@ -17,6 +17,7 @@ from .claims import c5_claims
 from .table import Budget, OraclePolynomial, format_table, lower_bound_table
 
 __all__ = ["AtomPolynomial", "lagrangian_certificate", "monomial_coefficients", "step_coefficients", "threat_box",
-           "c5_claims", "fit_robust_accuracy", "LinearModel", "fit_logistic", "fit_robust_logistic", "NTKModel", "SmoothedNTK", "activation_probability",
+           "c5_claims", "fit_robust_accuracy", "LinearModel", "fit_logistic", "fit_robust_logistic", "NTKModel",
+           "SmoothedNTK", "activation_probability",
            "ntk_infinite", "PolynomialModel", "kappa_coefficients", "Budget", "OraclePolynomial", "format_table",
            "lower_bound_table"]

@@ -305,8 +305,10 @@ def fit_robust_accuracy(X, y, tau, norm, starts, *, rng: np.random.Generator, va
                                                     "confirmed": False}
     w = best[1]
     ref_w = np.asarray(starts[ref_name], np.float64)
-    confirmed = best[2] == ref_name and best[3].startswith("start") or bool(
-        np.mean(yc * (Xc @ w) - tau * dual_norm(w, norm) > 0) > np.mean(yc * (Xc @ ref_w) - tau * dual_norm(ref_w, norm) > 0))
+    def confirm_acc(v):
+        return float(np.mean(yc * (Xc @ v) - tau * dual_norm(v, norm) > 0))
+
+    confirmed = best[2] == ref_name and best[3].startswith("start") or confirm_acc(w) > confirm_acc(ref_w)
     if not confirmed:  # the winner of the selection half did not beat the reference on the confirmation half
         best = (float(ref.mean()), ref_w / np.linalg.norm(ref_w), ref_name,
                 f"start, not optimised ({best[3]} won the selection half but not the confirmation half)")

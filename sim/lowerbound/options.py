@@ -10,8 +10,9 @@ polynomials of each degree, NTK) the best member and whether it reaches the netw
 OUT.json (atomically rewritten after every option, so an interrupted run keeps what
 finished and a rerun skips it) and OUT.md, with the command and commit.
 
-Options: baseline (the default regime: pm1, noise 0.05, k 4), magnitude 'uniform' with a_min 0.5 and 0.1, noise 0.5 and 1.0 (total norm), k
-growing with d (d^0.5, d/4). Exact vs Bernoulli sparsity is not an option here: this
+Options: baseline (the default regime: pm1, noise 0.05, k 4), magnitude 'uniform' with
+a_min 0.5 and 0.1 (margin a_min; and a_min 0.1 with margin 1), noise 0.5 and 1.0 (total
+norm), k growing with d (d^0.5, d/4). Exact vs Bernoulli sparsity is not an option here: this
 branch's DataConfig has no sparsity field (Bernoulli only).
 """
 from __future__ import annotations

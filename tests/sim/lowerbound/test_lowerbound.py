@@ -398,7 +398,8 @@ def test_table_rows(small, norm, tau, parity):
     assert ids == [f"C5-{c}-{norm}" for c in ("linear", "poly-deg2", "poly-deg3", "poly-deg5", "poly-deg7", "ntk")]
     for c in claims:
         cls = "linear" if c["id"].startswith("C5-linear") else None
-        members = [r for r in rows if r["class"] == (cls or c["id"][len("C5-"):-len(norm) - 1].replace("poly-deg", "poly"))]
+        name = cls or c["id"][len("C5-"):-len(norm) - 1].replace("poly-deg", "poly")
+        members = [r for r in rows if r["class"] == name]
         assert members and c["value"] == max(r["robust_acc"] for r in members)
         assert c["holds"] == (c["value"] <= (0.10 if cls else 0.20))
         assert set(c) == {"id", "description", "value", "threshold", "holds", "source"}
