@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sim import attacks, measures
-from sim.claims import C5_TEXT, CLAIMS, Claim, judge
+from sim.claims import CLAIMS, Claim, judge
 from sim.common.files import atomic_write_json
 from sim.common.meta import versions
 from sim.model.config import (_NESTED, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _check_choice,
@@ -254,7 +254,8 @@ def threat_claims(norm, tau, tm, clean_dense, vc) -> list[Claim]:
 
 
 def lower_bound_claims(norm, tau, tm) -> list[Claim]:
-    """C5 split by class (sim.lowerbound.claims.c5_claims): each class judged on its best member."""
+    """C5 split by class (sim.lowerbound.claims.c5_claims, thresholds from sim.claims: C5-linear,
+    C5-poly-degP, C5-ntk): each class judged on its best member, hand-built members included."""
     from sim.lowerbound.claims import c5_claims
 
     return [Claim(c["id"], c["description"], c["value"], c["threshold"], c["holds"])

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from sim.claims import C5_TEXT, CLAIMS, c6_window, judge
+from sim.claims import C5_KEYS, C5_POLY_DEGREES, CLAIMS, c6_window, judge
 
 
 def test_the_table_is_well_formed():
@@ -11,7 +11,12 @@ def test_the_table_is_well_formed():
         assert key == c.key and c.source in ("paper", "ours") and c.measured
         assert c.text.startswith(f"{c.comparator} {c.threshold_text}")
         assert math.isfinite(c.threshold)
-    assert C5_TEXT == "<= 0.10 linear, <= 0.20 others"
+    # C5: one claim per class, linear <= 0.10, every other class <= 0.20, all gated on the network (C3-robust)
+    assert C5_KEYS == ("C5-linear", *(f"C5-poly-deg{p}" for p in C5_POLY_DEGREES), "C5-ntk")
+    assert C5_POLY_DEGREES == (2, 3, 5, 7) and "C5-other" not in CLAIMS
+    assert [CLAIMS[k].threshold for k in C5_KEYS] == [0.10] + [0.20] * (len(C5_KEYS) - 1)
+    for k in C5_KEYS:
+        assert CLAIMS[k].comparator == "<=" and CLAIMS[k].text.endswith(f"(network {CLAIMS['C3-robust'].text})")
 
 
 @pytest.mark.parametrize("key", sorted(CLAIMS))
