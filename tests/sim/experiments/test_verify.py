@@ -34,6 +34,9 @@ def test_verify_writes_json_report_and_figures(tiny_doc):
     assert VerifyConfig.from_dict(on_disk["config"]) == TINY
     report = (out / "report.md").read_text()
     assert "| id |" in report and "C3-robust-l2" in report
+    # the C5 table by class, robust accuracy as [certified, attacked] columns, for each threat model
+    assert report.count("| class | model | training | n_train | clean acc | certified | attacked | kind |") == 2
+    assert "C5-poly-deg5-l2" in report and "oracle_step" in report
     for name in ("robust_vs_radius.png", "measures_along_training.png", "weights_dictionary_basis.png"):
         assert (out / "figures" / name).stat().st_size > 1000
 
