@@ -198,7 +198,8 @@ def _cmd_bench(args) -> int:
 
 
 def add_lowerbound_command(subparsers) -> None:
-    """`python -m sim lowerbound` (also `python -m sim.lowerbound`): claim C5's table."""
+    """`python -m sim lowerbound` (also `python -m sim.lowerbound`): claim C5's table and its claims split by
+    class; `python -m sim lowerbound options`: the class x data-option table."""
     lb = subparsers.add_parser("lowerbound", help="claim C5: the lower-bound table (linear, polynomial, NTK models)")
     lb.add_argument("--d", type=int, default=256)
     lb.add_argument("--k", type=float, default=4.0)
@@ -216,6 +217,40 @@ def add_lowerbound_command(subparsers) -> None:
     lb.add_argument("--json", help="also write the rows to this file")
     lb.add_argument("--quiet", action="store_true")
     lb.set_defaults(func=_cmd_lowerbound)
+    sub = lb.add_subparsers(dest="lowerbound_command", metavar="{options}")
+    o = sub.add_parser("options", help="the class x data-option table: which data options let a class be robust",
+                       description="The class x data-option table (sim/lowerbound/options.py): the network at a "
+                       "reduced, labelled budget and the C5 table for each data option; resumable OUT.json + OUT.md.")
+    o.add_argument("--d", type=int, default=128)
+    o.add_argument("--norm", default="l2")
+    o.add_argument("--tau", type=float, default=0.25)
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--clean-steps", type=int, default=300)
+    o.add_argument("--adv-steps", type=int, default=150, help="FGM adversarial training steps (verify: 300)")
+    o.add_argument("--scale", type=float, default=0.3, help="budget of the C5 table")
+    o.add_argument("--n-eval", type=int, default=500)
+    o.add_argument("--pgd-steps", type=int, default=20)
+    o.add_argument("--only", help="comma-separated option names (default: all; ', ' inside a name is part of it)")
+    o.add_argument("--out", default="figures/c5_data_options", help="writes OUT.json and OUT.md")
+    o.add_argument("--quiet", action="store_true")
+    o.set_defaults(func=_cmd_lowerbound_options)
+
+
+def _cmd_lowerbound_options(a) -> int:
+    import re
+    import shlex
+
+    from .lowerbound.options import OptionsRun, markdown, run_options
+
+    only = tuple(re.split(r",(?! )", a.only)) if a.only else None  # a comma and a space stay in a name
+    run = OptionsRun(d=a.d, norm=a.norm, tau=a.tau, seed=a.seed, clean_steps=a.clean_steps, adv_steps=a.adv_steps,
+                     scale=a.scale, n_eval=a.n_eval, pgd_steps=a.pgd_steps, only=only, out=a.out, quiet=a.quiet)
+    args = ["--d", a.d, "--norm", a.norm, "--tau", a.tau, "--seed", a.seed, "--clean-steps", a.clean_steps,
+            "--adv-steps", a.adv_steps, "--scale", a.scale, "--n-eval", a.n_eval, "--pgd-steps", a.pgd_steps,
+            *(["--only", a.only] if a.only else []), "--out", a.out, *(["--quiet"] if a.quiet else [])]
+    command = "python -m sim lowerbound options " + " ".join(shlex.quote(str(v)) for v in args)
+    print(markdown(run_options(run, command)))
+    return 0
 
 
 def _int_list(name: str, text: str) -> tuple:

@@ -1,4 +1,4 @@
-"""`python -m sim.lowerbound.options`: which data options let a model class be robust (issue 13, part 2).
+"""`python -m sim lowerbound options`: which data options let a model class be robust (issue 13, part 2).
 
 For each data option (a DataConfig change from the default regime) this trains the
 network as `verify` does but at a reduced, labelled budget (clean training, then FGM
@@ -8,7 +8,8 @@ sim.lowerbound.table at `--scale`, and reports per class (linear, kernel/per-ato
 polynomials of each degree, NTK) the best member and whether it reaches the network
 ("robust class": best member >= the adversarially trained network). Results go to
 OUT.json (atomically rewritten after every option, so an interrupted run keeps what
-finished and a rerun skips it) and OUT.md, with the command and commit.
+finished and a rerun skips it) and OUT.md, with the command and commit. The options of
+the command line (sim/cli.py) are the arguments of OptionsRun.
 
 Options: baseline (the default regime: pm1, noise 0.05, k 4), magnitude 'uniform' with
 a_min 0.5 and 0.1 (margin a_min; and a_min 0.1 with margin 1), noise 0.5 and 1.0 (total
@@ -17,19 +18,20 @@ branch's DataConfig has no sparsity field (Bernoulli only).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
-from .. import attacks
-from ..config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
-from ..rundir import atomic_write_bytes, atomic_write_json
+from sim import attacks
+from sim.common.files import atomic_write_bytes, atomic_write_json
+from sim.common.meta import code_version
+from sim.common.norms import check_norm
+from sim.common.validation import _check_int, _check_real, _fail
+from sim.model.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
 from .claims import _class_key
 from .table import lower_bound_table
 
@@ -46,9 +48,49 @@ def options(d: int) -> dict[str, dict]:
             f"k = d/4 = {d / 4:g}": {"k": float(d / 4)}}
 
 
-def run_option(data: DataConfig, tau: float, norm: str, a) -> dict:
-    from ..run import train_clean
-    from ..verify import VerifyConfig, adversarial_training
+@dataclass(frozen=True)
+class OptionsRun:
+    """One run of the class x data-option table: d, threat model (norm, tau), data seed; the
+    network's budget (clean_steps of clean training, adv_steps online FGM steps); the C5
+    table's budget (scale); n_eval test points attacked by PGD-pgd_steps x 2 restarts;
+    only: option names to run (None: all of options(d)); out: OUT.json and OUT.md."""
+
+    d: int = 128
+    norm: str = "l2"
+    tau: float = 0.25
+    seed: int = 0
+    clean_steps: int = 300
+    adv_steps: int = 150
+    scale: float = 0.3
+    n_eval: int = 500
+    pgd_steps: int = 20
+    only: tuple | None = None
+    out: str = "figures/c5_data_options"
+    quiet: bool = False
+
+    def __post_init__(self):
+        for name in ("d", "seed", "clean_steps", "adv_steps", "n_eval", "pgd_steps"):
+            _check_int(name, getattr(self, name), lo=0 if name == "seed" else 1)
+        _check_real("tau", self.tau, lo=0, lo_open=True)
+        _check_real("scale", self.scale, lo=0, lo_open=True)
+        check_norm(self.norm)
+        if self.only is not None:
+            object.__setattr__(self, "only", tuple(self.only))
+            known = options(self.d)
+            for name in self.only:
+                if name not in known:
+                    _fail("only[]", name, "option names " + ", ".join(repr(k) for k in known))
+
+    @property
+    def budget(self) -> str:
+        return (f"clean {self.clean_steps} steps, FGM {self.adv_steps} online steps, table scale {self.scale:g}, "
+                f"n_eval {self.n_eval}, PGD-{self.pgd_steps}x2")
+
+
+def run_option(data: DataConfig, tau: float, norm: str, a: OptionsRun) -> dict:
+    from sim.experiments.verify import VerifyConfig
+    from sim.train.adversarial import adversarial_training
+    from sim.train.clean import train_clean
 
     t0 = time.perf_counter()
     vc = VerifyConfig(run=RunConfig(data, ModelConfig(init_scale=4e-5), TrainConfig(lr=1.0, steps=a.clean_steps,
@@ -85,7 +127,8 @@ def markdown(doc: dict) -> str:
     classes = sorted({c for r in res.values() for c in r["classes"]}, key=_class_key)
     lines = [f"# C5 by data option (d = {doc['d']}, {doc['norm']} tau = {doc['tau']:g})", "",
              "Commands (a run resumes the file and adds the options not yet in it): "
-             + "; ".join(f"`{c}`" for c in doc.get("commands", [doc["command"]])) + ".", "",
+             + "; ".join(f"`{c}`" for c in doc.get("commands", [doc["command"]])) + "."
+             + (f" {doc['command_note']}" if doc.get("command_note") else ""), "",
              "Each cell: the best robust accuracy found in the class (exact for linear; attacked otherwise, "
              "certified lower bound in brackets where one exists) and **yes** where it reaches the adversarially "
              f"trained network. Network: FGM adversarial training at a reduced budget ({doc['budget']}), robust "
@@ -109,50 +152,29 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.lowerbound.options", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--d", type=int, default=128)
-    ap.add_argument("--norm", default="l2")
-    ap.add_argument("--tau", type=float, default=0.25)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--clean-steps", type=int, default=300)
-    ap.add_argument("--adv-steps", type=int, default=150, help="FGM adversarial training steps (verify: 300)")
-    ap.add_argument("--scale", type=float, default=0.3, help="budget of the C5 table")
-    ap.add_argument("--n-eval", type=int, default=500)
-    ap.add_argument("--pgd-steps", type=int, default=20)
-    ap.add_argument("--only", help="comma-separated option names (default: all)")
-    ap.add_argument("--out", default="figures/c5_data_options", help="writes OUT.json and OUT.md")
-    ap.add_argument("--quiet", action="store_true")
-    a = ap.parse_args(argv)
-    try:
-        opts = options(a.d)
-        if a.only:
-            opts = {k: v for k, v in opts.items() if k in a.only.split(",")}
-        # built in one go: DataConfig resolves margin=None from the magnitude (a_min for 'uniform'), which a
-        # .replace() of a resolved pm1 config would keep at 1 (the first run did that: its 'uniform' rows are
-        # kept, renamed '..., margin 1')
-        cfgs = {k: DataConfig(d=a.d, seed=a.seed, **v) for k, v in opts.items()}
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def run_options(a: OptionsRun, command: str) -> dict:
+    """Run the options of `a` not yet in OUT.json (resumed when d, norm, tau and the budget match),
+    rewriting OUT.json and OUT.md after each; command: the command line, recorded with the commit."""
+    opts = options(a.d)
+    if a.only is not None:
+        opts = {k: v for k, v in opts.items() if k in a.only}
+    # built in one go: DataConfig resolves margin=None from the magnitude (a_min for 'uniform'), which a
+    # .replace() of a resolved pm1 config would keep at 1 (the first run did that: its 'uniform' rows are
+    # kept, renamed '..., margin 1')
+    cfgs = {k: DataConfig(d=a.d, seed=a.seed, **v) for k, v in opts.items()}
     out = Path(a.out)
     jpath = out.with_suffix(".json")
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except OSError:
-        commit = None
-    doc = {"d": a.d, "norm": a.norm, "tau": a.tau, "command": "python -m sim.lowerbound.options " + " ".join(
-               argv if argv is not None else sys.argv[1:]), "commit": commit,
-           "budget": f"clean {a.clean_steps} steps, FGM {a.adv_steps} online steps, table scale {a.scale:g}, "
-                     f"n_eval {a.n_eval}, PGD-{a.pgd_steps}x2",
+    commit = code_version()
+    doc = {"d": a.d, "norm": a.norm, "tau": a.tau, "command": command, "commit": commit, "budget": a.budget,
            "note": "Exact vs Bernoulli sparsity: not run (this branch's DataConfig has Bernoulli sparsity only).",
            "results": {}}
     if jpath.exists():
         old = json.loads(jpath.read_text())
         if all(old.get(k) == doc[k] for k in ("d", "norm", "tau", "budget")):
             doc["results"] = old.get("results", {})
+            for k in ("command_note",):
+                if k in old:
+                    doc[k] = old[k]
             prev = old.get("commands", [f"{old.get('command')} (commit {old.get('commit')})"])
             doc["commands"] = prev + [f"{doc['command']} (commit {commit})"]
     doc.setdefault("commands", [f"{doc['command']} (commit {commit})"])
@@ -167,9 +189,4 @@ def main(argv=None) -> int:
                   "network", round(doc["results"][name]["network"]["robust_acc"], 3), flush=True)
     atomic_write_json(jpath, doc)
     atomic_write_bytes(out.with_suffix(".md"), markdown(doc).encode())
-    print(markdown(doc))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return doc
