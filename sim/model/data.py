@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import DataConfig
+from .linalg import matmul
 
 # Child indices of the root SeedSequence; fixed forever so that old runs regenerate.
 STREAM_DICTIONARY, STREAM_WSTAR, STREAM_TRAIN, STREAM_TEST, STREAM_INIT, STREAM_ONLINE, STREAM_ATTACK = range(7)
@@ -20,6 +21,13 @@ STREAM_DICTIONARY, STREAM_WSTAR, STREAM_TRAIN, STREAM_TEST, STREAM_INIT, STREAM_
 def stream(cfg: DataConfig, which: int, *extra: int) -> np.random.Generator:
     """A Generator for child stream `which` (and optional sub-keys) of the config's seed."""
     return np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(which, *extra)))
+
+
+def matvec(A: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """A @ v with the same bits for any thread count (sim.model.linalg.matmul): a
+    multi-threaded BLAS rounds A @ B differently with 1 and 2 threads (x = z M^T did:
+    the FGM and PGD results then differed by thread count)."""
+    return matmul(A, np.asarray(v)[:, None])[:, 0]
 
 
 def make_dictionary(cfg: DataConfig) -> np.ndarray:
@@ -78,7 +86,7 @@ class Problem:
     @property
     def bayes_direction(self) -> np.ndarray:
         """M w*, the direction of the dense attack and of the best linear classifier."""
-        return self.M @ self.wstar
+        return matvec(self.M, self.wstar)
 
     def sample_codes(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
         """n codes z with |<w*, z>| >= margin, by rejection; returns (z, acceptance rate).
@@ -99,9 +107,10 @@ class Problem:
             else:
                 mag = rng.uniform(cfg.a_min, 1.0, size=(block, cfg.D))
             z = active * signs * mag
-            ok = np.abs(z @ self.wstar) >= cfg.margin
+            score = matvec(z, self.wstar)
+            ok = np.abs(score) >= cfg.margin
             if cfg.margin == 0:
-                ok &= (z @ self.wstar) != 0  # a zero score has no label
+                ok &= score != 0  # a zero score has no label
             drawn += block
             kept.append(z[ok])
             n_kept += int(ok.sum())
@@ -115,10 +124,10 @@ class Problem:
     def sample(self, n: int, rng: np.random.Generator) -> Dataset:
         """n labelled samples x = M z + xi, y = sgn<w*, z>, from the given stream."""
         z, rate = self.sample_codes(n, rng)
-        x = z @ self.M.T
+        x = matmul(z, self.M.T)  # not z @ M.T: multi-threaded BLAS rounds differently per thread count
         if self.cfg.noise > 0:
             x = x + rng.standard_normal(x.shape) * (self.cfg.noise / np.sqrt(self.cfg.d))
-        y = np.sign(z @ self.wstar)
+        y = np.sign(matvec(z, self.wstar))
         return Dataset(np.ascontiguousarray(x), y, z, rate)
 
     def train_set(self) -> Dataset:

@@ -273,11 +273,11 @@ class SparseNet:
 
     @classmethod
     def from_net(cls, net: TwoLayerNet, M: np.ndarray) -> "SparseNet":
-        CT = np.asarray(M, np.float64).T @ net.W.astype(np.float64).T
+        CT = matmul(np.asarray(M, np.float64).T, net.W.astype(np.float64).T)  # deterministic, unlike @
         return cls(CT.astype(net.W.dtype), net.model, net.b.copy(), net.beta)
 
     def to_net(self, M: np.ndarray) -> TwoLayerNet:
-        W = (np.asarray(M, np.float64) @ self.CT.astype(np.float64)).T
+        W = matmul(np.asarray(M, np.float64), self.CT.astype(np.float64)).T
         return TwoLayerNet(W.astype(self.CT.dtype), self.model, self.b.copy(), self.beta)
 
     def copy(self) -> "SparseNet":

@@ -1,8 +1,10 @@
 """The sparse-coding data model: determinism, the margin, the dictionary, the noise."""
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from threadpoolctl import threadpool_limits
 
 from sim.model.config import DataConfig
 from sim.model.data import Problem
@@ -23,6 +25,26 @@ def test_pure_function_of_config():
     assert not np.array_equal(a.train_set().x, c.train_set().x)
     assert not np.array_equal(a.online_batch(7, 50).x, a.online_batch(8, 50).x)
     assert not np.array_equal(a.train_set().x, a.test_set().x)
+
+
+@pytest.mark.parametrize("magnitude", ["pm1", "uniform"])
+def test_samples_do_not_depend_on_the_thread_count(magnitude):
+    # x = z M^T by a multi-threaded BLAS differed in its last bits between 1 and 2 threads
+    # (at d=48, n=700), and with it every FGM and PGD result on those points
+    cfg = DataConfig(d=48, k=3.0, magnitude=magnitude, n_train=700, n_test=10)
+    runs = []
+    for threads in (1, 2):
+        saved = numba.get_num_threads()
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            with threadpool_limits(limits=threads, user_api="blas"):
+                p = Problem.from_config(cfg)
+                s = p.train_set()
+                runs.append((p.M, p.bayes_direction, s.x, s.y, s.z))
+        finally:
+            numba.set_num_threads(saved)
+    for a, b in zip(*runs):
+        assert a.tobytes() == b.tobytes()
 
 
 @given(d=st.integers(2, 40), k=st.floats(0.5, 6.0), dictionary=st.sampled_from(["orthogonal", "identity", "overcomplete"]),
