@@ -1,7 +1,8 @@
 """Adversarial training from the clean-trained weights [paper]: gradient descent on
-points perturbed at each step by FGM, PGD, or random noise of the same radius (a
-control that must not give robustness). Perturb/make_perturb give the perturbation,
-adversarial_training runs it from a clean run (as verify, scaling and the sweep job do)."""
+points perturbed at each step by FGM, FGM with a random start (FGSM-RS style), PGD, or
+random noise of the same radius (a control that must not give robustness).
+Perturb/make_perturb give the perturbation, adversarial_training runs it from a clean run
+(as verify, scaling and the sweep job do)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,12 +14,12 @@ from sim.model.data import STREAM_ATTACK, stream
 from .loop import gradient_descent
 from .rundir import MetricsLog
 
-KINDS = ("fgm", "pgd", "random")
+KINDS = ("fgm", "fgm_rs", "pgd", "random")
 
 
 class Perturb:
     """The perturbation of adversarial training: `perturb(net, X, y, step)` gives the
-    perturbed points (kind: fgm, pgd or random, radius tau in norm), and
+    perturbed points (kind: fgm, fgm_rs, pgd or random, radius tau in norm), and
     `perturb.loss_and_grad(net, X, y, step)` the loss and gradient at them, which
     sim.train.loop.gradient_descent calls.
 
@@ -30,12 +31,16 @@ class Perturb:
     plain path up to rounding (tests/test_train.py).
     """
 
-    def __init__(self, kind: str, tau: float, norm: str, data_cfg, pgd_steps: int = 10, fused: bool = True):
+    def __init__(self, kind: str, tau: float, norm: str, data_cfg, pgd_steps: int = 10, fused: bool = True,
+                 rs_step: float = 1.25):
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r} is invalid: allowed {', '.join(map(repr, KINDS))}")
         attacks._check(norm, tau)
         if pgd_steps < 1:
             raise ValueError(f"pgd_steps={pgd_steps!r} is invalid: allowed integers >= 1")
+        if not (np.isfinite(rs_step) and rs_step > 0):
+            raise ValueError(f"rs_step={rs_step!r} is invalid: allowed values in (0, inf)")
+        self.rs_step = float(rs_step)
         self.kind, self.tau, self.norm, self.data_cfg, self.pgd_steps, self.fused = \
             kind, float(tau), norm, data_cfg, int(pgd_steps), bool(fused)
 
@@ -46,6 +51,11 @@ class Perturb:
         rng = stream(self.data_cfg, STREAM_ATTACK, 1, step)
         if kind == "pgd":
             return attacks.pgd(net, X, y, tau, norm, steps=self.pgd_steps, restarts=1, rng=rng).x_adv
+        if kind == "fgm_rs":
+            delta = attacks.random_in_ball(rng, X.shape, norm, tau).astype(X.dtype)
+            J, _ = net.output_gradient(X + delta)
+            delta += attacks._ascend_(np.asarray(J, X.dtype), np.asarray(y, np.float64), self.rs_step * tau, norm)
+            return X + attacks._project_(delta, norm, tau)
         if norm == "linf":
             return X + tau * rng.choice(np.array([-1.0, 1.0]), size=X.shape)
         return X + tau * attacks.steepest(rng.standard_normal(X.shape), "l2")
@@ -58,9 +68,10 @@ class Perturb:
         return net.loss_and_grad(Xa, y)
 
 
-def make_perturb(kind: str, tau: float, norm: str, data_cfg, pgd_steps: int = 10, fused: bool = True) -> Perturb:
+def make_perturb(kind: str, tau: float, norm: str, data_cfg, pgd_steps: int = 10, fused: bool = True,
+                 rs_step: float = 1.25) -> Perturb:
     """A Perturb for sim.train.loop.gradient_descent (see Perturb)."""
-    return Perturb(kind, tau, norm, data_cfg, pgd_steps, fused)
+    return Perturb(kind, tau, norm, data_cfg, pgd_steps, fused, rs_step)
 
 
 def adversarial_training(clean, vc, norm: str, kind: str, steps: int, quiet: bool, track: bool = True):
