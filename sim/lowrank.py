@@ -15,7 +15,9 @@ and held fixed for the gradient (the usual Danskin step). The relative bias b_i 
 |w_i| is not differentiated, in either parametrisation (SPEC section 2).
 
 GD on (U, V) is not GD on W: W moves by -lr (G V V^T + U U^T G) + O(lr^2), a
-preconditioned step confined to rank r. What holds exactly, and what the tests check:
+preconditioned step confined to rank r, whose size grows with the factors. ScaledGD
+(LowRankUpdate(scaled=True)) preconditions each factor's gradient by the other's Gram
+matrix and makes the step independent of the factors' scale. What holds exactly, and what the tests check:
 - the factor gradients are the chain rule (against torch autograd, float64);
 - with V frozen at an orthonormal basis Q of R^d (r = d) and only U trained, W_t = W_0 +
   U_t Q^T moves by -lr G Q Q^T = -lr G: the same trajectory as full training, up to
@@ -68,12 +70,31 @@ class FullUpdate:
         return {}
 
 
+def _damped_inverse(A: np.ndarray, damping: float) -> np.ndarray:
+    """(A^T A + lam I)^-1 (float64, r x r), lam = damping * trace(A^T A) / r (+ 1e-30): a
+    relative damping, so that the step is invariant to the scale of the factors."""
+    A = A.astype(np.float64)
+    g = A.T @ A
+    r = len(g)
+    lam = damping * np.trace(g) / r + 1e-30
+    return np.linalg.inv(g + lam * np.eye(r))
+
+
 class LowRankUpdate:
     """W = W_0 + U V^T with U (m x r) starting at 0 and V (d x r) random of column norm about
-    init_scale (or given); train_V=False freezes V (only U follows its gradient)."""
+    init_scale (or given); train_V=False freezes V (only U follows its gradient).
+
+    scaled=False: plain gradient descent on the factors, U -= lr G V, V -= lr G^T U.
+    scaled=True: ScaledGD (Tong, Ma & Chi, JMLR 2021), the same exact gradients
+    right-preconditioned by the other factor's Gram matrix, U -= lr G V (V^T V + lam)^-1,
+    V -= lr G^T U (U^T U + lam)^-1 (relative damping, see _damped_inverse): W then moves by
+    -lr (G P_V + P_U G) + O(lr^2), P the projections onto the factors' spans, whatever the
+    factors' scale, and V turns towards the top right singular space of G at a rate set
+    by lr (a power iteration), where plain GD turns it at a rate lr^2 |G|^2.
+    """
 
     def __init__(self, W0: np.ndarray, rank: int, init_scale: float = 1.0, seed_cfg=None, V: np.ndarray | None = None,
-                 train_V: bool = True):
+                 train_V: bool = True, scaled: bool = False, damping: float = 1e-3):
         m, d = W0.shape
         if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
             raise ValueError(f"rank={rank!r} is invalid: allowed integers >= 1")
@@ -93,6 +114,9 @@ class LowRankUpdate:
         self.V = np.array(V, dtype=dtype)
         self.V0 = self.V.copy()
         self.train_V = bool(train_V)
+        if not (np.isfinite(damping) and damping > 0):
+            raise ValueError(f"damping={damping!r} is invalid: allowed values in (0, inf)")
+        self.scaled, self.damping = bool(scaled), float(damping)
 
     def weights(self) -> np.ndarray:
         return self.W0 + matmul(self.U, self.V.T)
@@ -100,8 +124,18 @@ class LowRankUpdate:
     def start(self, net: TwoLayerNet) -> None:
         net.W = np.ascontiguousarray(self.weights())
 
+    def restore(self, U: np.ndarray, V: np.ndarray) -> "LowRankUpdate":
+        """Set the factors (e.g. those of a run to resume); V0 stays the initial V."""
+        if U.shape != self.U.shape or V.shape != self.V.shape:
+            raise ValueError(f"U, V of shapes {U.shape}, {V.shape} are invalid: expected {self.U.shape}, {self.V.shape}")
+        self.U, self.V = np.array(U, dtype=self.U.dtype), np.array(V, dtype=self.V.dtype)
+        return self
+
     def step(self, net: TwoLayerNet, G: np.ndarray, lr: float) -> None:
         gU, gV = factor_gradients(G, self.U, self.V)
+        if self.scaled:  # ScaledGD: right-precondition by the other factor's (damped) Gram matrix
+            gU = matmul(gU.astype(np.float64), _damped_inverse(self.V, self.damping)).astype(gU.dtype)
+            gV = matmul(gV.astype(np.float64), _damped_inverse(self.U, self.damping)).astype(gV.dtype)
         lr = self.U.dtype.type(lr)
         self.U -= lr * gU
         if self.train_V:
@@ -155,14 +189,21 @@ class AdvRun:
 def train_adversarial(net: TwoLayerNet, problem: Problem, perturb, update, *, lr: float, max_steps: int,
                       batch_size: int = 6000, train: Dataset | None = None,
                       check: Callable[[int, TwoLayerNet], dict] | None = None, check_every: int = 25,
-                      plateau: Plateau | None = None, quiet: bool = False, desc: str = "adversarial") -> AdvRun:
-    """Gradient descent from net's weights on points perturbed by `perturb` (a
+                      plateau: Plateau | None = None, quiet: bool = False, desc: str = "adversarial",
+                      resume: AdvRun | None = None) -> AdvRun:
+    """Gradient descent from the update's weights on points perturbed by `perturb` (a
     sim.adversarial.Perturb), through `update` (FullUpdate or LowRankUpdate).
 
     train None: online mode (step t uses problem.online_batch(t, batch_size)); else the
     full batch of `train`. check(step, net) -> dict with a 'value' is called at step 0 and
     every check_every steps (and at the last step); with a plateau rule the run stops at
     the first converged check. The net is modified in place and returned in the AdvRun.
+
+    resume: a run that stopped at its cap (steps, curve, seconds), with `update` holding
+    its state at that step: training goes on from there to the new max_steps. Batches,
+    perturbation draws and the bias schedule depend on the step only, so the weights are
+    those of one uninterrupted run (tests/test_lowrank.py); the curve keeps the old cap's
+    check row even if it is off the check grid.
     """
     if max_steps < 0:
         raise ValueError(f"max_steps={max_steps!r} is invalid: allowed integers >= 0")
@@ -176,16 +217,21 @@ def train_adversarial(net: TwoLayerNet, problem: Problem, perturb, update, *, lr
     if train is not None:
         X_full = np.ascontiguousarray(train.x, dtype=dtype)
         y_full = train.y.astype(np.float64)
-    curve: list[dict] = []
-    seconds = 0.0
+    curve: list[dict] = [] if resume is None else [dict(c) for c in resume.curve]
+    seconds = 0.0 if resume is None else resume.seconds
+    first = 0 if resume is None else resume.steps
+    if resume is not None and (resume.converged or first > max_steps):
+        raise ValueError(f"resume: a run of {first} steps (converged: {resume.converged}) cannot go on to "
+                         f"max_steps={max_steps}")
     converged = False
-    step = 0
-    bar = tqdm(total=max_steps, desc=desc, disable=quiet, leave=False, mininterval=0.5)
+    step = first
+    bar = tqdm(total=max_steps, initial=first, desc=desc, disable=quiet, leave=False, mininterval=0.5)
     try:
-        for step in range(max_steps + 1):
+        for step in range(first, max_steps + 1):
             if net.model.bias == "schedule":
                 net.beta = beta_at(net.model, step)
-            if check is not None and (step % check_every == 0 or step == max_steps):
+            done = bool(curve) and curve[-1]["step"] == step  # the resumed run's last check
+            if check is not None and not done and (step % check_every == 0 or step == max_steps):
                 row = {"step": step, "seconds": seconds, **check(step, net)}
                 curve.append(row)
                 bar.set_postfix(value=f"{row['value']:.4f}")

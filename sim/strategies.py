@@ -34,9 +34,14 @@ directions, and |cos| of the top right singular vector with M w* (with w* in the
 dictionary basis).
 
 C8: low-rank adversarial training W = W_clean + U V^T (sim.lowrank, FGM perturbation,
-plain gradient descent on both factors with their exact gradients, U = 0 and V random at
-the start, so the run starts exactly at W_clean) for r in ranks; 'full' is the fgm run
-itself. Step and scale of the factors: GD on a product moves W by -lr (G V V^T + U U^T G),
+exact factor gradients, U = 0 and V random at the start, so the run starts exactly at
+W_clean) for r in ranks; 'full' is the fgm run itself. Two optimisers of the factors
+(lowrank_methods): 'scaled', ScaledGD (each factor's gradient right-preconditioned by the
+other's damped Gram matrix, sim.lowrank.LowRankUpdate), step adv_lr / 2 so that W's step
+within the learned subspace, -lr (G P_V + P_U G), equals full training's, V of unit
+columns (the step does not depend on the factors' scale); and 'gd', plain gradient
+descent on the factors. The claim C8-rank is read from 'scaled'; C8-rank-gd reports plain
+GD. Step and scale for plain GD: a product moves W by -lr (G V V^T + U U^T G),
 i.e. with an effective step lr (|u|^2 + |v|^2) along a learned direction. With the
 learning rate of full training and unit-norm factors this grows past the stable step as
 the factors grow (measured: the rank-1 run then oscillates, its update reaches twice the
@@ -45,14 +50,18 @@ lr |v|^2 times slower. By default (lowrank_lr, lowrank_init None) the scales are
 to the full run instead: with s1 the top singular value of the FGM update, V's columns
 get norm sqrt(s1) and the factors the step adv_lr / (2 s1), so that the effective step
 is adv_lr / 2 at the start and adv_lr at a balanced rank-1 end point of size s1 (a rule
-fixed in advance from the full run, not a search over values). gain(r) = robust(r) - robust(clean) (attacked); C8 holds if the
+fixed in advance from the full run, not a search over values). Measured: at that step plain
+GD turns V towards the useful directions too slowly (a rate lr^2 |G|^2), and the runs
+stall near the clean network's robustness, where the plateau rule stops them. gain(r) = robust(r) - robust(clean) (attacked); C8 holds if the
 smallest rank with gain >= gain_level * gain(full) is at most c8_max_rank [ours], and the
 FGM update has at least c8_energy_min of its energy in its top c8_energy_k directions
 [ours] and more than the random-noise control.
 
 Resumable: the clean network and every run (strategy, control, rank) is written to its
 own file under OUT/pieces as soon as it is done, with a hash of the config it depends
-on; a rerun with the same config skips finished pieces.
+on; a rerun with the same config skips finished pieces, and a rerun with a larger
+max_steps continues the runs that the old cap stopped from their last state (the same
+bits as one uninterrupted run).
 """
 from __future__ import annotations
 
@@ -71,7 +80,7 @@ from .adversarial import make_perturb
 from .config import (_NESTED, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _check_choice, _check_int,
                      _check_real, _Frozen)
 from .data import Problem
-from .lowrank import FullUpdate, LowRankUpdate, Plateau, train_adversarial
+from .lowrank import AdvRun, FullUpdate, LowRankUpdate, Plateau, train_adversarial
 from .network import TwoLayerNet
 from .rundir import atomic_save_npz, atomic_write_bytes, atomic_write_json
 
@@ -94,8 +103,9 @@ class StrategiesConfig(_Frozen):
     run; check_every, plateau_tol, plateau_window, plateau_min_checks, min_steps (None:
     adv_beta_ramp): the stopping rule (sim.lowrank.Plateau) on the cheap robust accuracy of
     n_check held-out points. n_eval, pgd_steps, pgd_restarts, certify: the final
-    evaluation. ranks, lowrank_init (column norm of V), lowrank_lr: low-rank training (None:
-    matched to the FGM update, see the module docstring).
+    evaluation. ranks, lowrank_methods ('scaled': ScaledGD, 'gd': plain GD on the factors),
+    lowrank_init (column norm of V), lowrank_lr: low-rank training (None: the rules of the
+    module docstring).
     reach_level, robust_threshold, gain_level, c8_max_rank, c8_energy_k, c8_energy_min:
     the claims' levels.
     """
@@ -123,6 +133,7 @@ class StrategiesConfig(_Frozen):
     certify: bool = True
     control: bool = True
     ranks: tuple = (1, 2, 4, 16)
+    lowrank_methods: tuple = ("scaled", "gd")
     lowrank_init: float | None = None
     lowrank_lr: float | None = None
     reach_level: float = 0.95
@@ -169,6 +180,10 @@ class StrategiesConfig(_Frozen):
         for r in ranks:
             _check_int("ranks[]", r, lo=1, hi=min(self.run.width(), self.run.data.d))
         object.__setattr__(self, "ranks", tuple(sorted(set(ranks))))
+        methods = tuple(self.lowrank_methods)
+        if len(set(methods)) != len(methods) or any(m not in ("scaled", "gd") for m in methods):
+            raise ConfigError(f"lowrank_methods={methods!r} is invalid: allowed distinct names among 'scaled', 'gd'")
+        object.__setattr__(self, "lowrank_methods", methods)
         if self.lowrank_init is not None:
             _check_real("lowrank_init", self.lowrank_init, lo=0, lo_open=True)
         if self.lowrank_lr is not None:
@@ -276,10 +291,12 @@ def reach(curve: list[dict], level: float, evals_per_step: int) -> dict:
 # ----------------------------------------------------------------------------- pieces
 
 def config_hash(cfg: StrategiesConfig) -> str:
-    """What every piece depends on: the config without the lists of runs and the claim levels."""
+    """What every piece depends on: the config without the lists of runs, the claim levels and
+    the step cap (a run that converged under one cap is the same under any larger one; one
+    stopped by its cap goes on from its last state, see _run_piece)."""
     d = cfg.to_dict()
     for k in ("strategies", "ranks", "reach_level", "robust_threshold", "gain_level", "c8_max_rank", "c8_energy_k",
-              "c8_energy_min", "control"):
+              "c8_energy_min", "control", "max_steps", "lowrank_methods"):
         d.pop(k)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -357,27 +374,47 @@ def update_init(update) -> float:
 
 
 def _run_piece(ctx: _Ctx, name: str, kind: str, rank: int | None, seed: int, fixed_steps: int | None = None,
-               s1: float | None = None):
+               s1: float | None = None, method: str = "gd"):
     cfg = ctx.cfg
+    max_steps = fixed_steps if fixed_steps is not None else cfg.max_steps
+    if rank is None:
+        lr, init = cfg.adv_lr, None
+    elif method == "scaled":  # scale-free: W's step in the learned subspace is full training's
+        init = cfg.lowrank_init if cfg.lowrank_init is not None else 1.0
+        lr = cfg.lowrank_lr if cfg.lowrank_lr is not None else cfg.adv_lr / 2
+    else:  # plain GD: the factors' step and scale follow the FGM update (module docstring)
+        init = cfg.lowrank_init if cfg.lowrank_init is not None else float(np.sqrt(s1))
+        lr = cfg.lowrank_lr if cfg.lowrank_lr is not None else cfg.adv_lr / (2 * s1)
     got = ctx.pieces.load(name)
+    resume = None
+    if got is not None and (got[0]["lr"] != lr or got[0].get("init") != init):
+        got = None  # made with another step or scale (the FGM run it follows has changed)
     if got is not None:
-        return got[0], got[1]["W"]
+        doc, arr = got
+        if fixed_steps is not None:
+            done = doc["steps"] == fixed_steps
+        else:
+            done = doc["steps"] <= max_steps if doc["converged"] else doc["steps"] == max_steps
+        if done:
+            return doc, arr["W"]
+        if fixed_steps is None and not doc["converged"] and doc["steps"] < max_steps:  # stopped by a lower cap
+            resume = AdvRun(None, doc["curve"], doc["steps"], False, doc["train_seconds"])
     net = ctx.adv_start()
     if rank is None:
-        update = FullUpdate(ctx.net.W)
-        lr = cfg.adv_lr
+        update = FullUpdate(ctx.net.W if resume is None else arr["W"])
     else:
-        init = cfg.lowrank_init if cfg.lowrank_init is not None else float(np.sqrt(s1))
-        update = LowRankUpdate(ctx.net.W, rank, init, cfg.run.data)
-        lr = cfg.lowrank_lr if cfg.lowrank_lr is not None else cfg.adv_lr / (2 * s1)
+        update = LowRankUpdate(ctx.net.W, rank, init, cfg.run.data, scaled=method == "scaled")
+        if resume is not None:
+            update.restore(arr["U"], arr["V"])
     plateau = None if fixed_steps is not None else cfg.plateau()
-    max_steps = fixed_steps if fixed_steps is not None else cfg.max_steps
     run = train_adversarial(net, ctx.problem, _perturb(cfg, kind), update, lr=lr, max_steps=max_steps,
                             batch_size=cfg.adv_batch, check=ctx.check, check_every=cfg.check_every,
-                            plateau=plateau, quiet=ctx.quiet, desc=name)
+                            plateau=plateau, quiet=ctx.quiet, desc=name, resume=resume)
     t0 = time.perf_counter()
     final = ctx.final(run.net, seed)
-    doc = {"name": name, "kind": kind, "rank": rank, "lr": lr, "steps": run.steps,
+    doc = {"name": name, "kind": kind, "rank": rank, "method": None if rank is None else method, "lr": lr,
+           "init": init, "steps": run.steps,
+           "resumed_from": None if resume is None else resume.steps,
            "init_scale": None if rank is None else update_init(update), "converged": run.converged,
            "stopping": "fixed steps" if fixed_steps is not None else "plateau",
            "train_seconds": run.seconds, "grad_evals_per_step": grad_evals_per_step(kind),
@@ -420,8 +457,11 @@ def run_strategies(cfg: StrategiesConfig, out: Path, quiet: bool = False, figure
         control, _ = _run_piece(ctx, "control_random", "random", None, seed=50, fixed_steps=runs["fgm"]["steps"])
     lowrank = {}
     s1 = runs["fgm"]["shape"]["singular_values"][0]
-    for r in cfg.ranks:
-        lowrank[str(r)], _ = _run_piece(ctx, f"lowrank_r{r}", "fgm", r, seed=100 + r, s1=s1)
+    for method in cfg.lowrank_methods:
+        lowrank[method] = {}
+        for r in cfg.ranks:
+            name = f"lowrank_r{r}" if method == "gd" else f"lowrank_{method}_r{r}"
+            lowrank[method][str(r)], _ = _run_piece(ctx, name, "fgm", r, seed=100 + r, s1=s1, method=method)
     doc = {"config": cfg.to_dict(), "versions": versions(), "command": command,
            "clean": {**clean_doc, **clean_eval}, "strategies": runs, "control_random": control,
            "lowrank": lowrank}
@@ -449,15 +489,19 @@ def summarize(doc: dict, cfg: StrategiesConfig) -> dict:
                    "energy_top": r["shape"]["energy_top"], "cos_top_right": r["shape"]["cos_top_right"]}
     clean_robust = doc["clean"]["final"]["robust_acc"]
     full_gain = fgm["final"]["robust_acc"] - clean_robust
-    ranks = {}
-    for r, x in doc["lowrank"].items():
-        gain = x["final"]["robust_acc"] - clean_robust
-        ranks[r] = {"steps": x["steps"], "converged": x["converged"], "robust_acc": x["final"]["robust_acc"],
-                    "certified_acc": x["final"].get("certified_acc"), "clean_acc": x["final"]["clean_acc"],
-                    "gain": gain, "gain_share": gain / full_gain if full_gain > 0 else None,
-                    "cos_top_right": x["shape"]["cos_top_right"]}
-    smallest = next((int(r) for r, x in sorted(ranks.items(), key=lambda kv: int(kv[0]))
-                     if x["gain_share"] is not None and x["gain_share"] >= cfg.gain_level), None)
+    ranks, smallest = {}, {}
+    for method, runs in doc["lowrank"].items():
+        ranks[method] = {}
+        for r, x in runs.items():
+            gain = x["final"]["robust_acc"] - clean_robust
+            ranks[method][r] = {
+                "steps": x["steps"], "converged": x["converged"], "lr": x["lr"], "init": x.get("init"),
+                "robust_acc": x["final"]["robust_acc"], "certified_acc": x["final"].get("certified_acc"),
+                "clean_acc": x["final"]["clean_acc"], "gain": gain,
+                "gain_share": gain / full_gain if full_gain > 0 else None, "frobenius": x["shape"]["frobenius"],
+                "cos_top_right": x["shape"]["cos_top_right"]}
+        smallest[method] = next((int(r) for r, x in sorted(ranks[method].items(), key=lambda kv: int(kv[0]))
+                                 if x["gain_share"] is not None and x["gain_share"] >= cfg.gain_level), None)
     ctrl = doc.get("control_random")
     return {"fgm_plateau_cheap": fgm_plateau, "reach_level_cheap": level, "strategies": rows,
             "clean_robust_acc": clean_robust, "clean_certified_acc": doc["clean"]["final"].get("certified_acc"),
@@ -508,14 +552,18 @@ def claims(summary: dict, cfg: StrategiesConfig) -> list[dict]:
             f"direction with M w*: {rows['fgm']['cos_top_right']:.3f}", fgm_e,
             f">= {cfg.c8_energy_min:g} [ours] and > control", fgm_e >= cfg.c8_energy_min
             and (ctrl_e is None or fgm_e > ctrl_e)))
-    if summary["ranks"]:
-        sm = summary["smallest_rank_reaching"]
-        shares = ", ".join(f"r={r}: {_f(x['gain_share'])}" for r, x in
-                           sorted(summary["ranks"].items(), key=lambda kv: int(kv[0])))
+    names = {"scaled": "ScaledGD", "gd": "plain GD"}
+    for method, ranks in summary["ranks"].items():
+        if not ranks:
+            continue
+        sm = summary["smallest_rank_reaching"][method]
+        shares = ", ".join(f"r={r}: {_f(x['gain_share'])}{'' if x['converged'] else ' (cap)'}" for r, x in
+                           sorted(ranks.items(), key=lambda kv: int(kv[0])))
         out.append(Claim(
-            "C8-rank", f"smallest rank r of W_clean + U V^T (FGM training) whose robust-accuracy gain reaches "
-            f"{cfg.gain_level:g} x the full update's ({summary['full_gain']:.3f}); gain shares {shares}", sm,
-            f"<= {cfg.c8_max_rank} [ours]", sm is not None and sm <= cfg.c8_max_rank))
+            "C8-rank" + ("" if method == "scaled" else f"-{method}"),
+            f"smallest rank r of W_clean + U V^T (FGM training, {names[method]} on the factors) whose robust-accuracy "
+            f"gain reaches {cfg.gain_level:g} x the full update's ({summary['full_gain']:.3f}); gain shares {shares}",
+            sm, f"<= {cfg.c8_max_rank} [ours]", sm is not None and sm <= cfg.c8_max_rank))
     return [c.to_dict() for c in out]
 
 
@@ -596,16 +644,18 @@ def write_figures(doc: dict, out: Path, command: str | None = None) -> list[Path
         s: {k: sh[k] for k in ("singular_values", "energy_top", "energy_top_dict", "cos_top_right", "cos_top_right_dict")}
         for s, sh in shapes.items()}})
     # robust accuracy against rank
-    if doc["lowrank"]:
+    if any(doc["lowrank"].values()):
         d = cfg["run"]["data"]["d"]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ranks = sorted(doc["lowrank"], key=int)
-        xs = [int(r) for r in ranks] + [d]
-        att = [doc["lowrank"][r]["final"]["robust_acc"] for r in ranks] + [doc["strategies"]["fgm"]["final"]["robust_acc"]]
-        cer = [doc["lowrank"][r]["final"].get("certified_acc", np.nan) for r in ranks] + \
-              [doc["strategies"]["fgm"]["final"].get("certified_acc", np.nan)]
-        ax.semilogx(xs, att, "o-", base=2, label="attacked (strong)")
-        ax.semilogx(xs, cer, "x--", base=2, label="certified")
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        full = doc["strategies"]["fgm"]["final"]
+        names = {"scaled": "ScaledGD", "gd": "plain GD"}
+        for i, (method, runs) in enumerate(doc["lowrank"].items()):
+            ranks = sorted(runs, key=int)
+            xs = [int(r) for r in ranks] + [d]
+            att = [runs[r]["final"]["robust_acc"] for r in ranks] + [full["robust_acc"]]
+            cer = [runs[r]["final"].get("certified_acc", np.nan) for r in ranks] + [full.get("certified_acc", np.nan)]
+            ax.semilogx(xs, att, "o-", base=2, color=f"C{i}", label=f"{names[method]}: attacked (strong)")
+            ax.semilogx(xs, cer, "x--", base=2, color=f"C{i}", label=f"{names[method]}: certified")
         cr = doc["summary"]["clean_robust_acc"]
         ax.axhline(cr, color="grey", ls=":", lw=1, label="clean network")
         ax.axhline(cr + doc["config"]["gain_level"] * doc["summary"]["full_gain"], color="C3", ls=":", lw=1,
@@ -613,7 +663,7 @@ def write_figures(doc: dict, out: Path, command: str | None = None) -> list[Path
         ax.set_xticks(xs)
         ax.set_xticklabels([str(x) for x in xs[:-1]] + [f"full ({d})"])
         ax.set(xlabel="rank r of the update U V^T", ylabel="robust accuracy", ylim=(-0.02, 1.02),
-               title=f"low-rank FGM training, {tag}")
+               title=f"low-rank FGM training, {tag}\n(full = FGM training of W itself)")
         ax.legend(fontsize=8)
         written += _save(fig, out, "strategies_robust_vs_rank", {**base, "data": doc["summary"]["ranks"]})
     return written

@@ -167,3 +167,45 @@ def test_stopping_at_plateau_in_the_loop():
     res = train_adversarial(_clean_net(), problem, perturb, FullUpdate(W0), lr=0.5, max_steps=7, batch_size=100,
                             check=check, check_every=3, quiet=True)
     assert not res.converged and res.steps == 7 and [c["step"] for c in res.curve] == [0, 3, 6, 7]
+
+
+@pytest.mark.parametrize("rank", [None, 2])
+def test_resumed_run_is_the_uninterrupted_run(rank):
+    """A run stopped by its cap and resumed to a larger cap gives the bits (weights, factors,
+    checked curve) of one uninterrupted run: batches, draws and the bias depend on the step."""
+    W0 = _clean_net().W
+    problem = Problem.from_config(SMALL.data)
+    perturb = make_perturb("fgm", 0.3, "l2", SMALL.data)
+
+    def check(step, net):
+        return {"value": float(np.sum(net.W))}
+
+    def update():
+        return FullUpdate(W0) if rank is None else LowRankUpdate(W0, rank, seed_cfg=SMALL.data)
+
+    kw = dict(lr=0.5, batch_size=100, check=check, check_every=4, quiet=True)
+    whole = train_adversarial(_clean_net(), problem, perturb, update(), max_steps=16, **kw)
+    part = train_adversarial(_clean_net(), problem, perturb, update(), max_steps=8, **kw)
+    upd = FullUpdate(part.net.W) if rank is None else update().restore(part.factors["U"], part.factors["V"])
+    rest = train_adversarial(_clean_net(), problem, perturb, upd, max_steps=16, resume=part, **kw)
+    np.testing.assert_array_equal(rest.net.W, whole.net.W)
+    assert [c["step"] for c in rest.curve] == [c["step"] for c in whole.curve] == [0, 4, 8, 12, 16]
+    assert [c["value"] for c in rest.curve] == [c["value"] for c in whole.curve]
+    for k in whole.factors:
+        np.testing.assert_array_equal(rest.factors[k], whole.factors[k])
+    with pytest.raises(ValueError, match="resume"):
+        train_adversarial(_clean_net(), problem, perturb, update(), max_steps=4, resume=part, **kw)
+
+
+def test_scaled_gd_is_invariant_to_the_scale_of_the_factors():
+    """ScaledGD's trajectory of W does not depend on the scale of the random factor (up to
+    rounding and the relative damping); plain GD's does (the control)."""
+    W0 = _clean_net().W
+    V = np.linalg.qr(np.random.default_rng(5).standard_normal((W0.shape[1], 3)))[0] @ np.diag([1.0, 0.5, 2.0])
+    runs = {(scaled, a): _run(LowRankUpdate(W0, 3, V=a * V, scaled=scaled, damping=1e-9), steps=8).net.W
+            for scaled in (True, False) for a in (1.0, 4.0)}
+    assert rel_err(runs[True, 4.0], runs[True, 1.0]) <= 1e-6
+    assert rel_err(runs[True, 1.0], W0) > 1e-2
+    assert rel_err(runs[False, 4.0], runs[False, 1.0]) > 1e-2
+    s = np.linalg.svd(runs[True, 1.0] - W0, compute_uv=False)
+    assert s[3] <= 1e-10 * s[0]

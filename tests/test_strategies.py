@@ -15,7 +15,7 @@ TINY = S.StrategiesConfig(
     run=RunConfig(DataConfig(d=16, k=2.0, n_train=300, n_test=200), ModelConfig(init_scale=1e-3),
                   TrainConfig(lr=1.0, steps=40)),
     tau=0.3, strategies=("fgm", "fgm_rs", "pgd3"), adv_batch=150, adv_beta_ramp=10, max_steps=24, check_every=4,
-    n_check=60, n_eval=60, pgd_steps=5, pgd_restarts=1, ranks=(1, 2))
+    n_check=50, n_eval=50, pgd_steps=5, pgd_restarts=1, ranks=(2,))
 
 
 @pytest.mark.parametrize("norm,tau", [("l2", 0.3), ("linf", 0.05)])
@@ -79,8 +79,10 @@ def test_config_is_validated():
         TINY.replace(strategies=("fgm", "pgd0"))
     with pytest.raises(ConfigError, match="ranks"):
         TINY.replace(ranks=(1, 17))  # > min(m, d) = 16
+    with pytest.raises(ConfigError, match="lowrank_methods"):
+        TINY.replace(lowrank_methods=("adam",))
     with pytest.raises(ConfigError, match="n_check"):
-        TINY.replace(n_check=150)  # n_eval + n_check > n_test
+        TINY.replace(n_check=151)  # n_eval + n_check > n_test
     assert S.config_with_sets(TINY, ["run.data.d=12", "max_steps=30"]).run.data.d == 12
     with pytest.raises(ConfigError, match="unknown parameter"):
         S.config_with_sets(TINY, ["nope=1"])
@@ -95,16 +97,17 @@ def test_experiment_is_reproducible_bit_for_bit_and_resumes(tmp_path, monkeypatc
     the JSON carries C7 and C8 and the figures are written with sidecars; a rerun of a
     finished directory trains nothing."""
     doc = S.run_strategies(TINY, tmp_path / "a", quiet=True, command="test")
-    S.run_strategies(TINY, tmp_path / "b", quiet=True)
+    S.run_strategies(TINY.replace(certify=False), tmp_path / "b", quiet=True)  # the weights do not depend on it
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert set(wa) == {"clean.npz", "clean_eval.npz", "strategy_fgm.npz", "strategy_fgm_rs.npz", "strategy_pgd3.npz",
-                       "control_random.npz", "lowrank_r1.npz", "lowrank_r2.npz"}
+                       "control_random.npz", "lowrank_r2.npz", "lowrank_scaled_r2.npz"}
     for name in wa:
         for key in wa[name]:
             np.testing.assert_array_equal(wa[name][key], wb[name][key], err_msg=f"{name}:{key}")
     assert not np.array_equal(wa["strategy_fgm.npz"]["W"], wa["strategy_pgd3.npz"]["W"])
     ids = [c["id"] for c in doc["claims"]]
-    assert {"C7-robust-fgm_rs", "C7-robust-pgd3", "C7-steps-pgd3", "C8-spectrum", "C8-rank"} <= set(ids)
+    assert {"C7-robust-fgm_rs", "C7-robust-pgd3", "C7-steps-pgd3", "C8-spectrum", "C8-rank", "C8-rank-gd"} <= set(ids)
+    assert doc["lowrank"]["scaled"]["2"]["method"] == "scaled" and doc["lowrank"]["gd"]["2"]["method"] == "gd"
     for r in doc["strategies"].values():
         assert r["curve"][0]["step"] == 0 and r["steps"] <= TINY.max_steps
         assert set(r["final"]["by_margin"]) <= set(S.MARGIN_CLASSES)
@@ -122,6 +125,20 @@ def test_experiment_is_reproducible_bit_for_bit_and_resumes(tmp_path, monkeypatc
     monkeypatch.setattr("sim.run.train_clean", refuse)
     again = S.run_strategies(TINY, tmp_path / "a", quiet=True)
     assert again["summary"] == json.loads(json.dumps(doc["summary"]))
+
+
+@pytest.mark.heavy
+def test_raising_the_cap_resumes_to_the_uninterrupted_result(tmp_path):
+    """Pieces stopped by a cap of 16 steps, rerun with 24: the weights of a direct 24-step
+    run (the low-rank runs, whose step follows the FGM update, are redone when it moved)."""
+    S.run_strategies(TINY, tmp_path / "a", quiet=True)
+    S.run_strategies(TINY.replace(max_steps=16), tmp_path / "c", quiet=True)
+    doc = S.run_strategies(TINY, tmp_path / "c", quiet=True)
+    wa, wc = _weights(tmp_path / "a"), _weights(tmp_path / "c")
+    for name in wa:
+        for key in wa[name]:
+            np.testing.assert_array_equal(wa[name][key], wc[name][key], err_msg=f"resumed {name}:{key}")
+    assert any(r.get("resumed_from") == 16 for r in doc["strategies"].values())
 
 
 def test_cli_rejects_bad_values_with_exit_2(tmp_path, capsys):
