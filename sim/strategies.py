@@ -101,7 +101,9 @@ class StrategiesConfig(_Frozen):
     'pgdK'. rs_step: step of fgm_rs in units of tau. adv_lr, adv_batch (online, fresh
     samples each step), adv_beta, adv_beta_ramp: as in verify. max_steps: step cap of every
     run; check_every, plateau_tol, plateau_window, plateau_min_checks, min_steps (None:
-    adv_beta_ramp): the stopping rule (sim.lowrank.Plateau) on the cheap robust accuracy of
+    adv_beta_ramp; default 400, because FGM-RS was measured to sit flat for 50 steps near
+    0.5 and rise again to 0.97), lowrank_max_steps (None: max_steps): the stopping rule
+    (sim.lowrank.Plateau) on the cheap robust accuracy of
     n_check held-out points. n_eval, pgd_steps, pgd_restarts, certify: the final
     evaluation. ranks, lowrank_methods ('scaled': ScaledGD, 'gd': plain GD on the factors),
     lowrank_init (column norm of V), lowrank_lr: low-rank training (None: the rules of the
@@ -120,12 +122,13 @@ class StrategiesConfig(_Frozen):
     adv_batch: int = 6000
     adv_beta: float | None = 0.2
     adv_beta_ramp: int = 100
-    max_steps: int = 600
+    max_steps: int = 1500
     check_every: int = 10
     plateau_tol: float = 0.005
     plateau_window: float = 0.25
     plateau_min_checks: int = 4
-    min_steps: int | None = None
+    min_steps: int | None = 400
+    lowrank_max_steps: int | None = 600
     n_check: int = 1000
     n_eval: int = 1000
     pgd_steps: int = 50
@@ -172,6 +175,8 @@ class StrategiesConfig(_Frozen):
         _check_int("plateau_min_checks", self.plateau_min_checks, lo=2)
         if self.min_steps is not None:
             _check_int("min_steps", self.min_steps, lo=0, hi=self.max_steps)
+        if self.lowrank_max_steps is not None:
+            _check_int("lowrank_max_steps", self.lowrank_max_steps, lo=1)
         _check_int("n_eval", self.n_eval, lo=1, hi=self.run.data.n_test - 1)
         _check_int("n_check", self.n_check, lo=1, hi=self.run.data.n_test - self.n_eval)
         _check_int("pgd_steps", self.pgd_steps, lo=1)
@@ -209,7 +214,7 @@ def quick_config() -> StrategiesConfig:
         run=RunConfig(DataConfig(d=64, k=2.0, n_train=1000, n_test=600), ModelConfig(init_scale=1e-4),
                       TrainConfig(lr=1.0, steps=150, snapshots=(0,))),
         tau=0.3, adv_batch=1000, adv_beta_ramp=50, max_steps=100, check_every=10, n_check=200, n_eval=200,
-        pgd_steps=10, pgd_restarts=1, ranks=(1, 4))
+        pgd_steps=10, pgd_restarts=1, ranks=(1, 4), min_steps=50, lowrank_max_steps=None)
 
 
 def grad_evals_per_step(kind: str) -> int:
@@ -263,10 +268,22 @@ def evaluate(net: TwoLayerNet, X, y, margins, cfg: StrategiesConfig, direction, 
 
 
 def update_shape(W_clean, W_adv, M, wstar, top=(1, 2, 4), keep: int = 32) -> dict:
-    """Spectrum of the update Delta = W_adv - W_clean and of Delta M (dictionary basis)."""
+    """Spectrum of the update Delta = W_adv - W_clean and of Delta M (dictionary basis).
+
+    Besides the singular values, energy shares and |cos| of the top right singular vector
+    with M w*: along_wstar_share, the share of |Delta|_F^2 along M w*/|M w*|, and
+    against_clean_share, the share of that part (per neuron, (Delta_i . v)^2) whose sign
+    opposes the clean neuron's own component W_i . v: 1 when the update removes the
+    neurons' w* components (purification), 0 when it adds to them.
+    """
     delta = np.asarray(W_adv, np.float64) - np.asarray(W_clean, np.float64)
     v = M @ wstar
     out = {"frobenius": float(np.linalg.norm(delta))}
+    # sign: does the update remove each neuron's component along M w* or add to it?
+    a, c = delta @ v, np.asarray(W_clean, np.float64) @ v
+    e = a ** 2
+    out["against_clean_share"] = float(np.sum(e[a * c < 0]) / e.sum()) if e.sum() > 0 else 0.0
+    out["along_wstar_share"] = float(e.sum() / (np.linalg.norm(v) ** 2 * max(np.sum(delta ** 2), 1e-300)))
     for tag, A, ref in (("", delta, v), ("_dict", delta @ M, wstar)):
         _, s, Vt = np.linalg.svd(A, full_matrices=False)
         e = s ** 2
@@ -291,12 +308,12 @@ def reach(curve: list[dict], level: float, evals_per_step: int) -> dict:
 # ----------------------------------------------------------------------------- pieces
 
 def config_hash(cfg: StrategiesConfig) -> str:
-    """What every piece depends on: the config without the lists of runs, the claim levels and
-    the step cap (a run that converged under one cap is the same under any larger one; one
-    stopped by its cap goes on from its last state, see _run_piece)."""
+    """What every piece depends on: the config without the lists of runs, the claim levels,
+    the step caps and min_steps (a finished run stays valid or goes on from its last state
+    when they change, see _run_piece)."""
     d = cfg.to_dict()
     for k in ("strategies", "ranks", "reach_level", "robust_threshold", "gain_level", "c8_max_rank", "c8_energy_k",
-              "c8_energy_min", "control", "max_steps", "lowrank_methods"):
+              "c8_energy_min", "control", "max_steps", "lowrank_methods", "min_steps", "lowrank_max_steps"):
         d.pop(k)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -376,7 +393,9 @@ def update_init(update) -> float:
 def _run_piece(ctx: _Ctx, name: str, kind: str, rank: int | None, seed: int, fixed_steps: int | None = None,
                s1: float | None = None, method: str = "gd"):
     cfg = ctx.cfg
-    max_steps = fixed_steps if fixed_steps is not None else cfg.max_steps
+    cap = cfg.max_steps if rank is None or cfg.lowrank_max_steps is None else cfg.lowrank_max_steps
+    max_steps = fixed_steps if fixed_steps is not None else cap
+    min_steps = cfg.plateau().min_steps
     if rank is None:
         lr, init = cfg.adv_lr, None
     elif method == "scaled":  # scale-free: W's step in the learned subspace is full training's
@@ -391,13 +410,20 @@ def _run_piece(ctx: _Ctx, name: str, kind: str, rank: int | None, seed: int, fix
         got = None  # made with another step or scale (the FGM run it follows has changed)
     if got is not None:
         doc, arr = got
+        # A run is the same under another cap or minimum as long as its stop is still a stop:
+        # converged at or after min_steps (no earlier check could converge, the rule at a
+        # step does not depend on min_steps otherwise), or stopped by this very cap. One
+        # stopped earlier (a lower cap, or converged before a raised min_steps) goes on from
+        # its last state, which gives the bits of one uninterrupted run.
         if fixed_steps is not None:
             done = doc["steps"] == fixed_steps
+            go_on = doc["steps"] < fixed_steps
         else:
-            done = doc["steps"] <= max_steps if doc["converged"] else doc["steps"] == max_steps
+            done = (min_steps <= doc["steps"] <= max_steps) if doc["converged"] else doc["steps"] == max_steps
+            go_on = doc["steps"] < max_steps and (not doc["converged"] or doc["steps"] < min_steps)
         if done:
             return doc, arr["W"]
-        if fixed_steps is None and not doc["converged"] and doc["steps"] < max_steps:  # stopped by a lower cap
+        if go_on:
             resume = AdvRun(None, doc["curve"], doc["steps"], False, doc["train_seconds"])
     net = ctx.adv_start()
     if rank is None:
@@ -449,19 +475,23 @@ def run_strategies(cfg: StrategiesConfig, out: Path, quiet: bool = False, figure
         ctx.pieces.save("clean_eval", clean_eval, W=clean_net.W)
     else:
         clean_eval = got[0]
+    def shaped(doc, W):  # the shape measures of the current code, from the saved weights
+        return {**doc, "shape": update_shape(clean_net.W, W, problem.M, problem.wstar)}
+
     runs = {}
     for i, s in enumerate(cfg.strategies):
-        runs[s], _ = _run_piece(ctx, f"strategy_{s}", s, None, seed=1 + i)
+        runs[s] = shaped(*_run_piece(ctx, f"strategy_{s}", s, None, seed=1 + i))
     control = None
     if cfg.control:
-        control, _ = _run_piece(ctx, "control_random", "random", None, seed=50, fixed_steps=runs["fgm"]["steps"])
+        control = shaped(*_run_piece(ctx, "control_random", "random", None, seed=50,
+                                     fixed_steps=runs["fgm"]["steps"]))
     lowrank = {}
     s1 = runs["fgm"]["shape"]["singular_values"][0]
     for method in cfg.lowrank_methods:
         lowrank[method] = {}
         for r in cfg.ranks:
             name = f"lowrank_r{r}" if method == "gd" else f"lowrank_{method}_r{r}"
-            lowrank[method][str(r)], _ = _run_piece(ctx, name, "fgm", r, seed=100 + r, s1=s1, method=method)
+            lowrank[method][str(r)] = shaped(*_run_piece(ctx, name, "fgm", r, seed=100 + r, s1=s1, method=method))
     doc = {"config": cfg.to_dict(), "versions": versions(), "command": command,
            "clean": {**clean_doc, **clean_eval}, "strategies": runs, "control_random": control,
            "lowrank": lowrank}
@@ -486,7 +516,9 @@ def summarize(doc: dict, cfg: StrategiesConfig) -> dict:
                    "robust_acc": r["final"]["robust_acc"], "certified_acc": r["final"].get("certified_acc"),
                    "clean_acc": r["final"]["clean_acc"],
                    "reach": reach(r["curve"], level, r["grad_evals_per_step"]),
-                   "energy_top": r["shape"]["energy_top"], "cos_top_right": r["shape"]["cos_top_right"]}
+                   "energy_top": r["shape"]["energy_top"], "cos_top_right": r["shape"]["cos_top_right"],
+                   "along_wstar_share": r["shape"]["along_wstar_share"],
+                   "against_clean_share": r["shape"]["against_clean_share"]}
     clean_robust = doc["clean"]["final"]["robust_acc"]
     full_gain = fgm["final"]["robust_acc"] - clean_robust
     ranks, smallest = {}, {}
@@ -499,7 +531,8 @@ def summarize(doc: dict, cfg: StrategiesConfig) -> dict:
                 "robust_acc": x["final"]["robust_acc"], "certified_acc": x["final"].get("certified_acc"),
                 "clean_acc": x["final"]["clean_acc"], "gain": gain,
                 "gain_share": gain / full_gain if full_gain > 0 else None, "frobenius": x["shape"]["frobenius"],
-                "cos_top_right": x["shape"]["cos_top_right"]}
+                "cos_top_right": x["shape"]["cos_top_right"], "along_wstar_share": x["shape"]["along_wstar_share"],
+                "against_clean_share": x["shape"]["against_clean_share"]}
         smallest[method] = next((int(r) for r, x in sorted(ranks[method].items(), key=lambda kv: int(kv[0]))
                                  if x["gain_share"] is not None and x["gain_share"] >= cfg.gain_level), None)
     ctrl = doc.get("control_random")
@@ -509,7 +542,8 @@ def summarize(doc: dict, cfg: StrategiesConfig) -> dict:
             "control": None if ctrl is None else {
                 "steps": ctrl["steps"], "robust_acc": ctrl["final"]["robust_acc"],
                 "certified_acc": ctrl["final"].get("certified_acc"), "energy_top": ctrl["shape"]["energy_top"],
-                "cos_top_right": ctrl["shape"]["cos_top_right"]}}
+                "cos_top_right": ctrl["shape"]["cos_top_right"], "along_wstar_share": ctrl["shape"]["along_wstar_share"],
+                "against_clean_share": ctrl["shape"]["against_clean_share"]}}
 
 
 def claims(summary: dict, cfg: StrategiesConfig) -> list[dict]:
@@ -633,7 +667,9 @@ def write_figures(doc: dict, out: Path, command: str | None = None) -> list[Path
     for i, (s, sh) in enumerate(shapes.items()):
         sv = np.array(sh["singular_values"])
         k = np.arange(1, len(sv) + 1)
-        axes[0].semilogy(k, sv / sv[0], "o-", ms=3, color=f"C{i}", label=f"{s} (|cos v1, Mw*| = {sh['cos_top_right']:.2f})")
+        axes[0].semilogy(k, sv / sv[0], "o-", ms=3, color=f"C{i}",
+                         label=f"{s} (|cos v1, Mw*| {sh['cos_top_right']:.2f}; against clean "
+                               f"{sh['against_clean_share']:.2f})")
         axes[1].plot(k, sh["energy_cumulative"], "o-", ms=3, color=f"C{i}", label=s)
     axes[0].set(xlabel="index i", ylabel="s_i / s_1", title=f"singular values of W_adv - W_clean ({tag})")
     axes[1].set(xlabel="k", ylabel="energy share of the top k directions", ylim=(0, 1.02),
@@ -641,7 +677,8 @@ def write_figures(doc: dict, out: Path, command: str | None = None) -> list[Path
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=8)
     written += _save(fig, out, "strategies_update_spectrum", {**base, "data": {
-        s: {k: sh[k] for k in ("singular_values", "energy_top", "energy_top_dict", "cos_top_right", "cos_top_right_dict")}
+        s: {k: sh[k] for k in ("singular_values", "energy_top", "energy_top_dict", "cos_top_right", "cos_top_right_dict",
+                               "along_wstar_share", "against_clean_share")}
         for s, sh in shapes.items()}})
     # robust accuracy against rank
     if any(doc["lowrank"].values()):

@@ -15,6 +15,7 @@ TINY = S.StrategiesConfig(
     run=RunConfig(DataConfig(d=16, k=2.0, n_train=300, n_test=200), ModelConfig(init_scale=1e-3),
                   TrainConfig(lr=1.0, steps=40)),
     tau=0.3, strategies=("fgm", "fgm_rs", "pgd3"), adv_batch=150, adv_beta_ramp=10, max_steps=24, check_every=4,
+    min_steps=10, lowrank_max_steps=None,
     n_check=50, n_eval=50, pgd_steps=5, pgd_restarts=1, ranks=(2,))
 
 
@@ -56,6 +57,12 @@ def test_update_shape_on_planted_updates():
     assert sh["energy_top"]["1"] == pytest.approx(1.0)
     assert sh["cos_top_right"] == pytest.approx(1.0)
     assert sh["cos_top_right_dict"] == pytest.approx(1.0)
+    assert sh["along_wstar_share"] == pytest.approx(1.0)
+    # removing each neuron's own component along M w* is "against the clean weights"
+    v = M @ wstar / np.linalg.norm(M @ wstar)
+    purify = S.update_shape(W0, W0 - 0.5 * np.outer(W0 @ v, v), M, wstar)
+    assert purify["against_clean_share"] == pytest.approx(1.0)
+    assert S.update_shape(W0, W0 + 0.5 * np.outer(W0 @ v, v), M, wstar)["against_clean_share"] == 0.0
     np.testing.assert_allclose(sh["singular_values"], sh["singular_values_dict"], rtol=1e-10, atol=1e-10)
     noise = S.update_shape(W0, W0 + rng.standard_normal((m, d)), M, wstar)
     assert noise["energy_top"]["1"] < 0.3 and noise["energy_top"]["4"] < 0.6
