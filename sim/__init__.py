@@ -3,17 +3,18 @@
 The packages read as the pipeline:
 
     sim.model        config, data (x = M z + noise), kernels, linalg, network, sparse, tuning
-    sim.train        the gradient-descent loop, clean runs, adversarial training, run directories
+    sim.train        the gradient-descent loop, clean runs, adversarial training (full and low-rank),
+                     run directories
     sim.attacks      FGM/FGSM, PGD, dense and random attacks, the masking check
     sim.certify      sound certificates, the exact MILP verifier, the gap diagnosis
     sim.measures     purification measures in the dictionary basis (C2, C4)
     sim.lowerbound   C5: linear, polynomial and NTK models
-    sim.claims       the claims table (thresholds) and the C6 window
-    sim.experiments  verify, its report, scaling (C6)
+    sim.claims       the claims table (thresholds, C1-C8) and the C6 window
+    sim.experiments  verify, its report, scaling (C6), strategies and low-rank updates (C7, C8)
     sim.sweep        sweeps over any config field, their store, analysis and figures
     sim.bench        the benchmark harness (torch only when it runs)
     sim.common       small shared helpers (validation, atomic files, metadata, figures, ...)
-    sim.cli          `python -m sim train|verify|sweep|plot|bench|lowerbound`
+    sim.cli          `python -m sim train|verify|sweep|plot|bench|lowerbound|experiments`
 
 The names below are imported on first use, so `import sim` stays light (no Numba
 compilation, no torch).
@@ -40,6 +41,8 @@ _API = {
     "CLAIMS": "sim.claims",
     "VerifyConfig": "sim.experiments.verify",
     "run_verify": "sim.experiments.verify",
+    "StrategiesConfig": "sim.experiments.strategies",
+    "run_strategies": "sim.experiments.strategies",
     "load_spec": "sim.sweep",
     "run_sweep": "sim.sweep",
 }

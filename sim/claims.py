@@ -60,6 +60,20 @@ _C5 = (_c5("C5-linear", "linear models (exact robust accuracy): best robust accu
        _c5("C5-ntk", "the network's NTK at its initialisation (clean and adversarially trained): best robust "
            "accuracy found", _C5_OTHER))
 
+# C7 and C8 (python -m sim experiments strategies, sim.experiments.strategies_report.claims). C7-robust
+# reads C3's threshold; the levels the measures use (reach 0.95 of the FGM plateau, 0.90 of the full
+# gain, the top 2 directions) are StrategiesConfig fields, named in each claim's description.
+_C7C8 = (
+    ClaimDef("C7-robust", "FGM-RS- or PGD-k-trained network (to a plateau): attacked robust accuracy at the training "
+             "radius (the C3 threshold)", ">=", _C3_ROBUST.threshold_text, "paper"),
+    ClaimDef("C7-steps", "training steps of PGD-k / steps of FGM-RS to reach a level of the FGM plateau of a cheap "
+             "robust accuracy (fewer for the iterative strategy)", "<", "1", "paper"),
+    ClaimDef("C8-spectrum", "share of the FGM update's energy |W_adv - W_clean|_F^2 in its top directions (and more "
+             "than the random-noise control's)", ">=", "0.5", "ours", shown=">= 0.5 [ours] and > control"),
+    ClaimDef("C8-rank", "smallest rank r of W_clean + U V^T (FGM training of the factors) whose robust-accuracy gain "
+             "reaches a share of the full update's", "<=", "4", "ours", shown="<= 4 [ours]"),
+)
+
 CLAIMS = {c.key: c for c in (
     ClaimDef("C1-clean", "clean network: clean test accuracy (C1 counts in the C6 window only above it)", ">=", "0.99",
              "paper"),
@@ -80,6 +94,7 @@ CLAIMS = {c.key: c for c in (
     *_C5,
     ClaimDef("C6", "the window (max(tau_C1, tau_lin), tau_C3] widens with d: last width - first width, widths "
              "monotone", ">", "0", "ours", shown="> 0 and monotone"),
+    *_C7C8,
 )}
 
 C5_KEYS = tuple(c.key for c in _C5)

@@ -1,4 +1,4 @@
-"""Command line: `python -m sim train|verify|sweep|plot|bench|lowerbound ...`.
+"""Command line: `python -m sim train|verify|sweep|plot|bench|lowerbound|experiments ...`.
 
 The only argparse in sim: every subcommand's options are here; the packages take plain
 arguments. A ConfigError (a bad parameter, named in the message) is printed on one line and
@@ -288,6 +288,40 @@ def _cmd_lowerbound(a) -> int:
     return 0
 
 
+def add_experiments_command(subparsers) -> None:
+    """`python -m sim experiments strategies`: claims C7 and C8 (sim/experiments/strategies.py)."""
+    e = subparsers.add_parser("experiments", help="further experiments of the paper (strategies, low-rank updates)")
+    esub = e.add_subparsers(dest="experiment", required=True)
+    p = esub.add_parser("strategies", help="C7 and C8: FGM / FGM-RS / PGD-k training compared; low-rank updates")
+    p.add_argument("--quick", action="store_true", help="the small version (d = 64, small sets), a few minutes")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a StrategiesConfig field, e.g. --set max_steps=300 or --set run.data.d=256")
+    p.add_argument("--out", default="runs/strategies", help="output directory (default runs/strategies)")
+    p.add_argument("--figures", help="where the figures go (default OUT/figures)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_strategies)
+
+
+def _cmd_strategies(args) -> int:
+    import shlex
+
+    from .claims import claims_table
+    from .experiments.strategies import StrategiesConfig, config_with_sets, quick_config, run_strategies
+
+    cfg = config_with_sets(quick_config() if args.quick else StrategiesConfig(), args.set)
+    parts = ["python -m sim experiments strategies", *(["--quick"] if args.quick else []),
+             *(f"--set {shlex.quote(s)}" for s in args.set), f"--out {shlex.quote(args.out)}",
+             *([f"--figures {shlex.quote(args.figures)}"] if args.figures else []),
+             *(["--quiet"] if args.quiet else [])]
+    out = Path(args.out)
+    doc = run_strategies(cfg, out, quiet=args.quiet, figures=Path(args.figures) if args.figures else None,
+                         command=" ".join(parts))
+    print(claims_table(doc["claims"]))
+    holds = sum(c["holds"] for c in doc["claims"])
+    print(f"\n{holds} of {len(doc['claims'])} claims hold; {doc['seconds']:.0f} s; {out / 'strategies.json'}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -312,6 +346,7 @@ def main(argv=None) -> int:
     add_sweep_commands(sub)
     add_bench_command(sub)
     add_lowerbound_command(sub)
+    add_experiments_command(sub)
     return run(parser, argv)
 
 

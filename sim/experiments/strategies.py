@@ -4,7 +4,7 @@ the shape of the adversarial update and low-rank adversarial training (C8).
 From the same clean-trained network (the verify regime), adversarial training runs with
 - fgm: FGM, the paper's perturbation (FGSM in l_inf);
 - fgm_rs: FGM from a uniform random start in the ball, step rs_step * tau, projection back
-  (FGSM-RS of Wong et al. 2020; sim.adversarial.Perturb kind 'fgm_rs');
+  (FGSM-RS of Wong et al. 2020; sim.train.adversarial.Perturb kind 'fgm_rs');
 - pgdK: PGD with K steps from a random start (sim.attacks.pgd, one restart);
 all at the same radius, learning rate, batch and step cap. Each run stops when it has
 converged: a cheap robust accuracy on held-out test points (the best of FGM, the dense
@@ -21,7 +21,7 @@ certified (sim.certify.certify), overall and by margin class |<w*, z>| (1, 2, >=
 pm1 codes).
 
 C7 (SPEC): the single-step strategy with a random start and the iterative one both
-robustify (attacked robust accuracy >= robust_threshold, the C3 threshold), and PGD
+robustify (attacked robust accuracy >= the C3 threshold: C7-robust in sim.claims), and PGD
 reaches reach_level (95 %) of the FGM plateau (its cheap robust accuracy averaged over
 its last quarter) in fewer training steps than FGM-RS; the gradient evaluations and
 seconds to that level are reported next to it (the compute question has no threshold).
@@ -33,11 +33,11 @@ singular vectors rotate), the share of the squared Frobenius norm in the top 1, 
 directions, and |cos| of the top right singular vector with M w* (with w* in the
 dictionary basis).
 
-C8: low-rank adversarial training W = W_clean + U V^T (sim.lowrank, FGM perturbation,
+C8: low-rank adversarial training W = W_clean + U V^T (sim.train.lowrank, FGM perturbation,
 exact factor gradients, U = 0 and V random at the start, so the run starts exactly at
 W_clean) for r in ranks; 'full' is the fgm run itself. Two optimisers of the factors
 (lowrank_methods): 'scaled', ScaledGD (each factor's gradient right-preconditioned by the
-other's damped Gram matrix, sim.lowrank.LowRankUpdate), step adv_lr / 2 so that W's step
+other's damped Gram matrix, sim.train.lowrank.LowRankUpdate), step adv_lr / 2 so that W's step
 within the learned subspace, -lr (G P_V + P_U G), equals full training's, V of unit
 columns (the step does not depend on the factors' scale); and 'gd', plain gradient
 descent on the factors. The claim C8-rank is read from 'scaled'; C8-rank-gd reports plain
@@ -53,10 +53,11 @@ is adv_lr / 2 at the start and adv_lr at a balanced rank-1 end point of size s1 
 fixed in advance from the full run, not a search over values). Measured: at that step plain
 GD turns V towards the useful directions too slowly (a rate lr^2 |G|^2): in the committed
 run ranks 1-4 stay at the clean network's robustness and rank 16 gains 40 % of the full
-update's gain in 600 steps (ScaledGD: 68 %). gain(r) = robust(r) - robust(clean) (attacked); C8 holds if the
-smallest rank with gain >= gain_level * gain(full) is at most c8_max_rank [ours], and the
-FGM update has at least c8_energy_min of its energy in its top c8_energy_k directions
-[ours] and more than the random-noise control.
+update's gain in 600 steps (ScaledGD: 68 %). gain(r) = robust(r) - robust(clean)
+(attacked); C8-rank holds if the smallest rank with gain >= gain_level * gain(full) is at
+most its threshold, C8-spectrum if the FGM update has at least its threshold's share of
+its energy in its top c8_energy_k directions and more than the random-noise control (the
+thresholds, [ours], are in sim.claims; the claims and figures in strategies_report.py).
 
 Resumable: the clean network and every run (strategy, control, rank) is written to its
 own file under OUT/pieces as soon as it is done, with a hash of the config it depends
@@ -69,21 +70,24 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import attacks
-from .adversarial import make_perturb
-from .config import (_NESTED, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _check_choice, _check_int,
-                     _check_real, _Frozen)
-from .data import Problem
-from .lowrank import AdvRun, FullUpdate, LowRankUpdate, Plateau, train_adversarial
-from .network import TwoLayerNet
-from .rundir import atomic_save_npz, atomic_write_bytes, atomic_write_json
+from sim import attacks
+from sim.common.files import atomic_save_npz, atomic_write_json
+from sim.common.meta import versions
+from sim.common.overrides import apply_sets
+from sim.model.config import (_NESTED, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _check_choice,
+                              _check_int, _check_real, _Frozen)
+from sim.model.data import Problem
+from sim.model.network import TwoLayerNet
+from sim.train.adversarial import make_perturb
+from sim.train.lowrank import AdvRun, FullUpdate, LowRankUpdate, Plateau, train_adversarial
+
+from .strategies_report import claims, reach, summarize, write_figures  # noqa: F401 (reach: part of the API)
 
 _STRATEGY = re.compile(r"^(fgm|fgm_rs|pgd([1-9][0-9]*))$")
 MARGIN_CLASSES = ("<1", "1", "2", ">=3")
@@ -91,7 +95,7 @@ MARGIN_CLASSES = ("<1", "1", "2", ">=3")
 
 @dataclass(frozen=True)
 class StrategiesConfig(_Frozen):
-    """What `experiments strategies` runs. The regime is verify's (sim.verify.VerifyConfig:
+    """What `experiments strategies` runs. The regime is verify's (sim.experiments.verify.VerifyConfig:
     N = 6000, clean lr 1 for 300 steps, online adversarial training with 6000 fresh samples
     a step, lr 0.5, bias 0.1 -> 0.2 over 100 steps) on verify --quick's problem and radius
     (d = 64, k = 2, l2 tau = 0.3, init 1e-4): the compute this experiment could have on a
@@ -104,13 +108,13 @@ class StrategiesConfig(_Frozen):
     run; check_every, plateau_tol, plateau_window, plateau_min_checks, min_steps (None:
     adv_beta_ramp; default 400, because FGM-RS was measured to sit flat for 50 steps near
     0.5 and rise again to 0.97), lowrank_max_steps (None: max_steps): the stopping rule
-    (sim.lowrank.Plateau) on the cheap robust accuracy of
+    (sim.train.lowrank.Plateau) on the cheap robust accuracy of
     n_check held-out points. n_eval, pgd_steps, pgd_restarts, certify: the final
     evaluation. ranks, lowrank_methods ('scaled': ScaledGD, 'gd': plain GD on the factors),
     lowrank_init (column norm of V), lowrank_lr: low-rank training (None: the rules of the
     module docstring).
-    reach_level, robust_threshold, gain_level, c8_max_rank, c8_energy_k, c8_energy_min:
-    the claims' levels.
+    reach_level, gain_level, c8_energy_k: what the claims measure (their thresholds are in
+    sim.claims: C7-robust, C7-steps, C8-spectrum, C8-rank).
     """
 
     run: RunConfig = field(default_factory=lambda: RunConfig(
@@ -141,11 +145,8 @@ class StrategiesConfig(_Frozen):
     lowrank_init: float | None = None
     lowrank_lr: float | None = None
     reach_level: float = 0.95
-    robust_threshold: float = 0.90
     gain_level: float = 0.90
-    c8_max_rank: int = 4
     c8_energy_k: int = 2
-    c8_energy_min: float = 0.5
 
     def __post_init__(self):
         if not isinstance(self.run, RunConfig):
@@ -195,11 +196,8 @@ class StrategiesConfig(_Frozen):
         if self.lowrank_lr is not None:
             _check_real("lowrank_lr", self.lowrank_lr, lo=0, lo_open=True)
         _check_real("reach_level", self.reach_level, lo=0, hi=1, lo_open=True)
-        _check_real("robust_threshold", self.robust_threshold, lo=0, hi=1)
         _check_real("gain_level", self.gain_level, lo=0, hi=1, lo_open=True)
-        _check_int("c8_max_rank", self.c8_max_rank, lo=1)
         _check_int("c8_energy_k", self.c8_energy_k, lo=1)
-        _check_real("c8_energy_min", self.c8_energy_min, lo=0, hi=1)
 
     def plateau(self) -> Plateau:
         return Plateau(self.plateau_tol, self.plateau_window, self.plateau_min_checks,
@@ -249,7 +247,7 @@ def evaluate(net: TwoLayerNet, X, y, margins, cfg: StrategiesConfig, direction, 
            "masking_flag": rep.masking_flag}
     certified = None
     if cfg.certify and net.model.activation == "relu":
-        from .certify import certify
+        from sim.certify import certify
 
         cert = certify(net, X, y, cfg.tau, cfg.norm, focus=~rep.broken)
         certified = cert.certified
@@ -297,15 +295,6 @@ def update_shape(W_clean, W_adv, M, wstar, top=(1, 2, 4), keep: int = 32) -> dic
     return out
 
 
-def reach(curve: list[dict], level: float, evals_per_step: int) -> dict:
-    """The first checked step whose cheap robust accuracy is >= level: step, gradient
-    evaluations and training seconds to it (None if never)."""
-    for c in curve:
-        if c["value"] >= level:
-            return {"step": c["step"], "grad_evals": c["step"] * evals_per_step, "seconds": c["seconds"]}
-    return {"step": None, "grad_evals": None, "seconds": None}
-
-
 # ----------------------------------------------------------------------------- pieces
 
 def config_hash(cfg: StrategiesConfig) -> str:
@@ -315,7 +304,7 @@ def config_hash(cfg: StrategiesConfig) -> str:
     d = cfg.to_dict()
     for k in ("strategies", "ranks", "reach_level", "robust_threshold", "gain_level", "c8_max_rank", "c8_energy_k",
               "c8_energy_min", "control", "max_steps", "lowrank_methods", "min_steps", "lowrank_max_steps"):
-        d.pop(k)
+        d.pop(k, None)  # (robust_threshold, c8_max_rank, c8_energy_min: fields once, now sim.claims)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -372,7 +361,7 @@ class _Ctx:
 
 
 def _clean(cfg: StrategiesConfig, out: Path, quiet: bool) -> tuple[Problem, TwoLayerNet, dict]:
-    from .run import train_clean
+    from sim.train.clean import train_clean
 
     pieces = Pieces(out, config_hash(cfg))
     got = pieces.load("clean")
@@ -460,8 +449,6 @@ def _run_piece(ctx: _Ctx, name: str, kind: str, rank: int | None, seed: int, fix
 def run_strategies(cfg: StrategiesConfig, out: Path, quiet: bool = False, figures: Path | None = None,
                    command: str | None = None) -> dict:
     """Run (or resume) everything; write OUT/strategies.json and the figures."""
-    from .run import versions
-
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -504,254 +491,11 @@ def run_strategies(cfg: StrategiesConfig, out: Path, quiet: bool = False, figure
     return doc
 
 
-def summarize(doc: dict, cfg: StrategiesConfig) -> dict:
-    """The numbers C7 and C8 are read from."""
-    pl = cfg.plateau()
-    fgm = doc["strategies"]["fgm"]
-    fgm_plateau = pl.plateau_value(fgm["curve"])
-    level = cfg.reach_level * fgm_plateau
-    rows = {}
-    for s, r in doc["strategies"].items():
-        rows[s] = {"steps": r["steps"], "converged": r["converged"], "grad_evals": r["grad_evals"],
-                   "train_seconds": r["train_seconds"], "plateau_cheap": pl.plateau_value(r["curve"]),
-                   "robust_acc": r["final"]["robust_acc"], "certified_acc": r["final"].get("certified_acc"),
-                   "clean_acc": r["final"]["clean_acc"],
-                   "reach": reach(r["curve"], level, r["grad_evals_per_step"]),
-                   "energy_top": r["shape"]["energy_top"], "cos_top_right": r["shape"]["cos_top_right"],
-                   "along_wstar_share": r["shape"]["along_wstar_share"],
-                   "against_clean_share": r["shape"]["against_clean_share"]}
-    clean_robust = doc["clean"]["final"]["robust_acc"]
-    full_gain = fgm["final"]["robust_acc"] - clean_robust
-    ranks, smallest = {}, {}
-    for method, runs in doc["lowrank"].items():
-        ranks[method] = {}
-        for r, x in runs.items():
-            gain = x["final"]["robust_acc"] - clean_robust
-            ranks[method][r] = {
-                "steps": x["steps"], "converged": x["converged"], "lr": x["lr"], "init": x.get("init"),
-                "robust_acc": x["final"]["robust_acc"], "certified_acc": x["final"].get("certified_acc"),
-                "clean_acc": x["final"]["clean_acc"], "gain": gain,
-                "gain_share": gain / full_gain if full_gain > 0 else None, "frobenius": x["shape"]["frobenius"],
-                "cos_top_right": x["shape"]["cos_top_right"], "along_wstar_share": x["shape"]["along_wstar_share"],
-                "against_clean_share": x["shape"]["against_clean_share"]}
-        smallest[method] = next((int(r) for r, x in sorted(ranks[method].items(), key=lambda kv: int(kv[0]))
-                                 if x["gain_share"] is not None and x["gain_share"] >= cfg.gain_level), None)
-    ctrl = doc.get("control_random")
-    return {"fgm_plateau_cheap": fgm_plateau, "reach_level_cheap": level, "strategies": rows,
-            "clean_robust_acc": clean_robust, "clean_certified_acc": doc["clean"]["final"].get("certified_acc"),
-            "full_gain": full_gain, "ranks": ranks, "smallest_rank_reaching": smallest,
-            "control": None if ctrl is None else {
-                "steps": ctrl["steps"], "robust_acc": ctrl["final"]["robust_acc"],
-                "certified_acc": ctrl["final"].get("certified_acc"), "energy_top": ctrl["shape"]["energy_top"],
-                "cos_top_right": ctrl["shape"]["cos_top_right"], "along_wstar_share": ctrl["shape"]["along_wstar_share"],
-                "against_clean_share": ctrl["shape"]["against_clean_share"]}}
-
-
-def claims(summary: dict, cfg: StrategiesConfig) -> list[dict]:
-    from .verify import Claim
-
-    out = []
-    tag = f"{cfg.norm} tau={cfg.tau:g}"
-    rows = summary["strategies"]
-    attack = f"best of PGD-{cfg.pgd_steps}x{cfg.pgd_restarts}, FGM, dense, random"
-    for s, r in rows.items():
-        if s == "fgm":
-            continue
-        cert = r["certified_acc"]
-        out.append(Claim(f"C7-robust-{s}", f"{s}-trained network: robust accuracy at {tag} ({attack}); certified "
-                         f"{'n/a' if cert is None else f'{cert:.3f}'}; {'converged' if r['converged'] else 'NOT converged'}"
-                         f" after {r['steps']} steps", r["robust_acc"], f">= {cfg.robust_threshold:g}",
-                         r["robust_acc"] >= cfg.robust_threshold))
-    single = rows.get("fgm_rs")
-    for s, r in rows.items():
-        if not s.startswith("pgd") or single is None:
-            continue
-        a, b = r["reach"], single["reach"]
-        ratio = None if a["step"] is None or b["step"] is None else a["step"] / max(b["step"], 1)
-        holds = a["step"] is not None and (b["step"] is None or a["step"] < b["step"])
-        ev = None if ratio is None else a["grad_evals"] / max(b["grad_evals"], 1)
-        out.append(Claim(
-            f"C7-steps-{s}", f"training steps of {s} / steps of fgm_rs to reach {cfg.reach_level:g} x the FGM plateau "
-            f"of the cheap robust accuracy ({summary['reach_level_cheap']:.3f}): {a['step']} vs {b['step']} steps; "
-            f"gradient evaluations {a['grad_evals']} vs {b['grad_evals']} (ratio "
-            f"{'n/a' if ev is None else f'{ev:.2f}'}), seconds "
-            f"{_f(a['seconds'])} vs {_f(b['seconds'])}", ratio, "< 1", holds))
-    ctrl = summary["control"]
-    fgm_e = rows["fgm"]["energy_top"][str(cfg.c8_energy_k)] if str(cfg.c8_energy_k) in rows["fgm"]["energy_top"] \
-        else None
-    if fgm_e is not None:
-        ctrl_e = None if ctrl is None else ctrl["energy_top"][str(cfg.c8_energy_k)]
-        out.append(Claim(
-            "C8-spectrum", f"share of the FGM update's energy (|W_adv - W_clean|_F^2) in its top {cfg.c8_energy_k} "
-            f"directions; random-noise control {'n/a' if ctrl_e is None else f'{ctrl_e:.3f}'}; |cos| of the top "
-            f"direction with M w*: {rows['fgm']['cos_top_right']:.3f}", fgm_e,
-            f">= {cfg.c8_energy_min:g} [ours] and > control", fgm_e >= cfg.c8_energy_min
-            and (ctrl_e is None or fgm_e > ctrl_e)))
-    names = {"scaled": "ScaledGD", "gd": "plain GD"}
-    for method, ranks in summary["ranks"].items():
-        if not ranks:
-            continue
-        sm = summary["smallest_rank_reaching"][method]
-        shares = ", ".join(f"r={r}: {_f(x['gain_share'])}{'' if x['converged'] else ' (cap)'}" for r, x in
-                           sorted(ranks.items(), key=lambda kv: int(kv[0])))
-        out.append(Claim(
-            "C8-rank" + ("" if method == "scaled" else f"-{method}"),
-            f"smallest rank r of W_clean + U V^T (FGM training, {names[method]} on the factors) whose robust-accuracy "
-            f"gain reaches {cfg.gain_level:g} x the full update's ({summary['full_gain']:.3f}); gain shares {shares}",
-            sm, f"<= {cfg.c8_max_rank} [ours]", sm is not None and sm <= cfg.c8_max_rank))
-    return [c.to_dict() for c in out]
-
-
-def _f(v, fmt=".3g"):
-    return "n/a" if v is None else format(v, fmt)
-
-
-# ----------------------------------------------------------------------------- figures
-
-def _save(fig, out: Path, stem: str, sidecar: dict) -> list[Path]:
-    """PNG + SVG + a JSON sidecar, each written atomically (as sim.plot does)."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for fmt in ("png", "svg"):
-        buf = io.BytesIO()
-        kw = {"dpi": 110} if fmt == "png" else {"metadata": {"Date": None}}
-        fig.savefig(buf, format=fmt, bbox_inches="tight", **kw)
-        atomic_write_bytes(out / f"{stem}.{fmt}", buf.getvalue())
-        paths.append(out / f"{stem}.{fmt}")
-    plt.close(fig)
-    atomic_write_json(out / f"{stem}.json", {**sidecar, "figure": stem, "files": [p.name for p in paths]})
-    return paths + [out / f"{stem}.json"]
-
-
-def write_figures(doc: dict, out: Path, command: str | None = None) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .sweep import git_commit
-
-    out = Path(out)
-    cfg = doc["config"]
-    base = {"command": command, "git": git_commit(), "config": cfg, "claims": doc["claims"]}
-    written = []
-    tag = f"d={cfg['run']['data']['d']}, {cfg['norm']} tau={cfg['tau']:g}"
-    # robust accuracy against steps, gradient evaluations, seconds
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for i, (s, r) in enumerate(doc["strategies"].items()):
-        col = f"C{i}"
-        steps = np.array([c["step"] for c in r["curve"]])
-        val = [c["value"] for c in r["curve"]]
-        xs = (steps, steps * r["grad_evals_per_step"], [c["seconds"] for c in r["curve"]])
-        for ax, x in zip(axes, xs):
-            ax.plot(x, val, "-", color=col, lw=1.3,
-                    label=f"{s} ({'converged' if r['converged'] else 'cap'} at {r['steps']})")
-        f = r["final"]
-        lo = f.get("certified_acc", f["robust_acc"])
-        axes[0].errorbar([r["steps"]], [(lo + f["robust_acc"]) / 2], yerr=[[(f["robust_acc"] - lo) / 2]] * 2,
-                         fmt="o", color=col, ms=4, capsize=3)
-    lvl = doc["summary"]["reach_level_cheap"]
-    for ax, xl in zip(axes, ("training step", "gradient evaluations (batch passes)", "training seconds")):
-        ax.axhline(lvl, color="grey", ls=":", lw=1)
-        ax.set(xlabel=xl, ylabel="robust accuracy (cheap, held-out)", ylim=(-0.02, 1.02))
-    axes[0].set_title(f"strategies, {tag}\n(bars at the end: [certified, attacked], strong evaluation)", fontsize=9)
-    axes[0].legend(fontsize=8)
-    written += _save(fig, out, "strategies_robust_vs_compute", {**base, "data": doc["summary"]["strategies"]})
-    # spectrum of the update
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    shapes = {s: r["shape"] for s, r in doc["strategies"].items()}
-    if doc.get("control_random"):
-        shapes["random control"] = doc["control_random"]["shape"]
-    for i, (s, sh) in enumerate(shapes.items()):
-        sv = np.array(sh["singular_values"])
-        k = np.arange(1, len(sv) + 1)
-        axes[0].semilogy(k, sv / sv[0], "o-", ms=3, color=f"C{i}",
-                         label=f"{s} (|cos v1, Mw*| {sh['cos_top_right']:.2f}; against clean "
-                               f"{sh['against_clean_share']:.2f})")
-        axes[1].plot(k, sh["energy_cumulative"], "o-", ms=3, color=f"C{i}", label=s)
-    axes[0].set(xlabel="index i", ylabel="s_i / s_1", title=f"singular values of W_adv - W_clean ({tag})")
-    axes[1].set(xlabel="k", ylabel="energy share of the top k directions", ylim=(0, 1.02),
-                title="cumulative energy of the update")
-    axes[0].legend(fontsize=8)
-    axes[1].legend(fontsize=8)
-    written += _save(fig, out, "strategies_update_spectrum", {**base, "data": {
-        s: {k: sh[k] for k in ("singular_values", "energy_top", "energy_top_dict", "cos_top_right", "cos_top_right_dict",
-                               "along_wstar_share", "against_clean_share")}
-        for s, sh in shapes.items()}})
-    # robust accuracy against rank
-    if any(doc["lowrank"].values()):
-        d = cfg["run"]["data"]["d"]
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        full = doc["strategies"]["fgm"]["final"]
-        names = {"scaled": "ScaledGD", "gd": "plain GD"}
-        for i, (method, runs) in enumerate(doc["lowrank"].items()):
-            ranks = sorted(runs, key=int)
-            xs = [int(r) for r in ranks] + [d]
-            att = [runs[r]["final"]["robust_acc"] for r in ranks] + [full["robust_acc"]]
-            cer = [runs[r]["final"].get("certified_acc", np.nan) for r in ranks] + [full.get("certified_acc", np.nan)]
-            ax.semilogx(xs, att, "o-", base=2, color=f"C{i}", label=f"{names[method]}: attacked (strong)")
-            ax.semilogx(xs, cer, "x--", base=2, color=f"C{i}", label=f"{names[method]}: certified")
-        cr = doc["summary"]["clean_robust_acc"]
-        ax.axhline(cr, color="grey", ls=":", lw=1, label="clean network")
-        ax.axhline(cr + doc["config"]["gain_level"] * doc["summary"]["full_gain"], color="C3", ls=":", lw=1,
-                   label=f"{doc['config']['gain_level']:g} of the full gain")
-        ax.set_xticks(xs)
-        ax.set_xticklabels([str(x) for x in xs[:-1]] + [f"full ({d})"])
-        ax.set(xlabel="rank r of the update U V^T", ylabel="robust accuracy", ylim=(-0.02, 1.02),
-               title=f"low-rank FGM training, {tag}\n(full = FGM training of W itself)")
-        ax.legend(fontsize=8)
-        written += _save(fig, out, "strategies_robust_vs_rank", {**base, "data": doc["summary"]["ranks"]})
-    return written
-
-
-# ----------------------------------------------------------------------------- command line
-
 def config_with_sets(cfg: StrategiesConfig, sets: list[str]) -> StrategiesConfig:
-    """cfg with FIELD=VALUE (or run.data.d=VALUE) overrides, validated."""
-    from .cli import parse_assignment
-
-    d = cfg.to_dict()
-    for text in sets:
-        path, value = parse_assignment(text)
-        node = d
-        for key in path[:-1]:
-            if key not in node or not isinstance(node[key], dict):
-                raise ConfigError(f"--set {text!r}: unknown section {key!r}")
-            node = node[key]
-        if path[-1] not in node:
-            raise ConfigError(f"--set {text!r}: unknown parameter {'.'.join(path)!r}")
-        node[path[-1]] = value
+    """cfg with `--set FIELD=VALUE` (or run.data.d=VALUE) overrides, validated; a D that
+    followed d (the default D = d) follows the new d."""
+    d = apply_sets(cfg.to_dict(), sets)
     data = d["run"]["data"]
     if data["d"] != cfg.run.data.d and data["D"] == cfg.run.data.D == cfg.run.data.d:
-        data["D"] = None  # D followed d (the default D = d): let it follow the new d
+        data["D"] = None
     return StrategiesConfig.from_dict(d)
-
-
-def _cmd_strategies(args) -> int:
-    from .report import claims_table
-
-    cfg = config_with_sets(quick_config() if args.quick else StrategiesConfig(), args.set)
-    command = "python -m sim " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m sim experiments strategies"
-    doc = run_strategies(cfg, Path(args.out), quiet=args.quiet, figures=Path(args.figures) if args.figures else None,
-                         command=command)
-    print(claims_table(doc["claims"]))
-    holds = sum(c["holds"] for c in doc["claims"])
-    print(f"\n{holds} of {len(doc['claims'])} claims hold; {doc['seconds']:.0f} s; {Path(args.out) / 'strategies.json'}")
-    return 0
-
-
-def add_experiments_command(sub) -> None:
-    """`python -m sim experiments strategies ...` on the top-level subparsers."""
-    e = sub.add_parser("experiments", help="further experiments of the paper (strategies and low-rank updates)")
-    esub = e.add_subparsers(dest="experiment", required=True)
-    p = esub.add_parser("strategies", help="C7 and C8: FGM / FGM-RS / PGD-k training compared; low-rank updates")
-    p.add_argument("--quick", action="store_true", help="the small version (d = 64), about 2 minutes")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a StrategiesConfig field, e.g. --set max_steps=300 or --set run.data.d=256")
-    p.add_argument("--out", default="runs/strategies", help="output directory (default runs/strategies)")
-    p.add_argument("--figures", help="where the figures go (default OUT/figures)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_strategies)

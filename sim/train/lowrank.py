@@ -21,7 +21,7 @@ matrix and makes the step independent of the factors' scale. What holds exactly,
 - the factor gradients are the chain rule (against torch autograd, float64);
 - with V frozen at an orthonormal basis Q of R^d (r = d) and only U trained, W_t = W_0 +
   U_t Q^T moves by -lr G Q Q^T = -lr G: the same trajectory as full training, up to
-  rounding; the loop below then reproduces sim.train.gradient_descent.
+  rounding; the loop below then reproduces sim.train.loop.gradient_descent.
 
 Stopping: a `check(step, net)` callback (e.g. a cheap held-out robust accuracy) runs every
 check_every steps; the run stops at the first check at which the Plateau rule says
@@ -39,10 +39,11 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import STREAM_INIT, Dataset, Problem, stream
-from .linalg import matmul
-from .network import TwoLayerNet
-from .train import beta_at
+from sim.model.data import STREAM_INIT, Dataset, Problem, stream
+from sim.model.linalg import matmul
+from sim.model.network import TwoLayerNet
+
+from .loop import beta_at
 
 STREAM_LOWRANK = 11  # sub-key of the init stream for the random factor (fixed: old runs regenerate)
 
@@ -53,7 +54,7 @@ def factor_gradients(G: np.ndarray, U: np.ndarray, V: np.ndarray) -> tuple[np.nd
 
 
 class FullUpdate:
-    """Train W itself: W <- W - lr G (as sim.train.gradient_descent does)."""
+    """Train W itself: W <- W - lr G (as sim.train.loop.gradient_descent does)."""
 
     rank = None
 
@@ -127,7 +128,8 @@ class LowRankUpdate:
     def restore(self, U: np.ndarray, V: np.ndarray) -> "LowRankUpdate":
         """Set the factors (e.g. those of a run to resume); V0 stays the initial V."""
         if U.shape != self.U.shape or V.shape != self.V.shape:
-            raise ValueError(f"U, V of shapes {U.shape}, {V.shape} are invalid: expected {self.U.shape}, {self.V.shape}")
+            raise ValueError(f"U, V of shapes {U.shape}, {V.shape} are invalid: "
+                             f"expected {self.U.shape}, {self.V.shape}")
         self.U, self.V = np.array(U, dtype=self.U.dtype), np.array(V, dtype=self.V.dtype)
         return self
 
@@ -192,7 +194,7 @@ def train_adversarial(net: TwoLayerNet, problem: Problem, perturb, update, *, lr
                       plateau: Plateau | None = None, quiet: bool = False, desc: str = "adversarial",
                       resume: AdvRun | None = None) -> AdvRun:
     """Gradient descent from the update's weights on points perturbed by `perturb` (a
-    sim.adversarial.Perturb), through `update` (FullUpdate or LowRankUpdate).
+    sim.train.adversarial.Perturb), through `update` (FullUpdate or LowRankUpdate).
 
     train None: online mode (step t uses problem.online_batch(t, batch_size)); else the
     full batch of `train`. check(step, net) -> dict with a 'value' is called at step 0 and
@@ -202,7 +204,7 @@ def train_adversarial(net: TwoLayerNet, problem: Problem, perturb, update, *, lr
     resume: a run that stopped at its cap (steps, curve, seconds), with `update` holding
     its state at that step: training goes on from there to the new max_steps. Batches,
     perturbation draws and the bias schedule depend on the step only, so the weights are
-    those of one uninterrupted run (tests/test_lowrank.py); the curve keeps the old cap's
+    those of one uninterrupted run (tests/sim/train/test_lowrank.py); the curve keeps the old cap's
     check row even if it is off the check grid.
     """
     if max_steps < 0:

@@ -1,18 +1,17 @@
-"""Low-rank adversarial training (sim.lowrank): the factor gradients against torch autograd
+"""Low-rank adversarial training (sim.train.lowrank): the factor gradients against torch autograd
 in float64, the full-rank equivalence that holds exactly, the loop against
-sim.train.gradient_descent, the rank of the update, the stopping rule."""
+sim.train.loop.gradient_descent, the rank of the update, the stopping rule."""
 import numpy as np
 import pytest
 import torch
 
-from sim.adversarial import make_perturb
-from sim.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from sim.data import Problem
-from sim.lowrank import FullUpdate, LowRankUpdate, Plateau, factor_gradients, train_adversarial
-from sim.network import TwoLayerNet
-from sim.train import gradient_descent
-
-from test_kernels import rel_err, torch_outputs
+from sim.model.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from sim.model.data import Problem
+from sim.model.network import TwoLayerNet
+from sim.train.adversarial import make_perturb
+from sim.train.loop import gradient_descent
+from sim.train.lowrank import FullUpdate, LowRankUpdate, Plateau, factor_gradients, train_adversarial
+from tests.sim.model.test_kernels import rel_err, torch_outputs
 
 
 @pytest.mark.parametrize("activation", ["relu", "smooth_relu"])
@@ -86,7 +85,7 @@ def test_frozen_orthonormal_factor_at_full_rank_is_full_training():
 
 def test_full_update_loop_is_gradient_descent_bit_for_bit():
     """train_adversarial with FullUpdate (what the strategies experiment runs) gives the same
-    bits as sim.train.gradient_descent (what verify runs), online, float32."""
+    bits as sim.train.loop.gradient_descent (what verify runs), online, float32."""
     problem = Problem.from_config(SMALL.data)
     perturb = make_perturb("fgm", 0.3, "l2", SMALL.data)
     a = _clean_net(np.float32)

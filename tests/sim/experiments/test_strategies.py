@@ -1,15 +1,15 @@
-"""The strategies experiment (sim.strategies): FGM-RS perturbations, the update-shape
+"""The strategies experiment (sim.experiments.strategies): FGM-RS perturbations, the update-shape
 measures on planted updates, reproducibility bit for bit, resuming, claims and CLI."""
 import json
 
 import numpy as np
 import pytest
 
-from sim import strategies as S
-from sim.adversarial import make_perturb
 from sim.cli import main
-from sim.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
-from sim.network import TwoLayerNet
+from sim.experiments import strategies as S
+from sim.model.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
+from sim.model.network import TwoLayerNet
+from sim.train.adversarial import make_perturb
 
 TINY = S.StrategiesConfig(
     run=RunConfig(DataConfig(d=16, k=2.0, n_train=300, n_test=200), ModelConfig(init_scale=1e-3),
@@ -95,6 +95,35 @@ def test_config_is_validated():
         S.config_with_sets(TINY, ["nope=1"])
 
 
+def _summary(robust, smallest, energy, control_energy):
+    row = {"certified_acc": None, "robust_acc": robust, "converged": True, "steps": 100,
+           "reach": {"step": 10, "grad_evals": 40, "seconds": 1.0}}
+    return {"reach_level_cheap": 0.8, "full_gain": 0.5,
+            "strategies": {"fgm": {**row, "energy_top": {"2": energy}, "cos_top_right": 0.9},
+                           "fgm_rs": {**row, "reach": {"step": 20, "grad_evals": 40, "seconds": 2.0}},
+                           "pgd3": row},
+            "control": {"energy_top": {"2": control_energy}},
+            "ranks": {"scaled": {"4": {"gain_share": 0.95, "converged": True}}},
+            "smallest_rank_reaching": {"scaled": smallest}}
+
+
+def test_claims_read_their_thresholds_from_the_table():
+    from sim.claims import CLAIMS
+
+    t_robust, t_rank, t_energy = (CLAIMS[k].threshold for k in ("C7-robust", "C8-rank", "C8-spectrum"))
+    got = {c["id"]: c for c in S.claims(_summary(t_robust, int(t_rank), t_energy, t_energy - 0.1), TINY)}
+    assert set(got) == {"C7-robust-fgm_rs", "C7-robust-pgd3", "C7-steps-pgd3", "C8-spectrum", "C8-rank"}
+    assert all(c["holds"] for c in got.values())
+    assert got["C7-steps-pgd3"]["value"] == 0.5
+    for c in got.values():
+        assert c["threshold"] == CLAIMS[c["id"].rsplit("-", 1)[0] if c["id"].startswith("C7") else c["id"]].text
+    eps = 1e-9
+    bad = {c["id"]: c["holds"] for c in S.claims(_summary(t_robust - eps, int(t_rank) + 1, t_energy, t_energy), TINY)}
+    assert bad == {"C7-robust-fgm_rs": False, "C7-robust-pgd3": False, "C7-steps-pgd3": True,
+                   "C8-spectrum": False, "C8-rank": False}  # the control as concentrated as FGM: no C8-spectrum
+    assert not {c["id"]: c["holds"] for c in S.claims(_summary(1.0, None, 1.0, 0.0), TINY)}["C8-rank"]
+
+
 def _weights(out):
     return {p.name: dict(np.load(p)) for p in sorted((out / "pieces").glob("*.npz"))}
 
@@ -122,14 +151,14 @@ def test_experiment_is_reproducible_bit_for_bit_and_resumes(tmp_path, monkeypatc
     assert doc["control_random"]["steps"] == doc["strategies"]["fgm"]["steps"]
     for stem in ("strategies_robust_vs_compute", "strategies_update_spectrum", "strategies_robust_vs_rank"):
         side = json.loads((tmp_path / "a" / "figures" / f"{stem}.json").read_text())
-        assert side["command"] == "test" and "commit" in side["git"]
+        assert side["command"] == "test" and "commit" in side["commit"] and side["claims"] == doc["claims"]
         assert (tmp_path / "a" / "figures" / f"{stem}.png").stat().st_size > 1000
 
     def refuse(*a, **k):
         raise AssertionError("a finished piece was trained again")
 
     monkeypatch.setattr(S, "train_adversarial", refuse)
-    monkeypatch.setattr("sim.run.train_clean", refuse)
+    monkeypatch.setattr("sim.train.clean.train_clean", refuse)
     again = S.run_strategies(TINY, tmp_path / "a", quiet=True)
     assert again["summary"] == json.loads(json.dumps(doc["summary"]))
 
