@@ -17,10 +17,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from sim import attacks
 from sim.claims import CLAIMS, c6_window, judge
+from sim.common.outdir import prepare_out_dir
+from sim.common.progress import progress
+from sim.common.validation import ConfigError
 from sim.train.adversarial import adversarial_training
 from sim.train.clean import train_clean
 
@@ -52,7 +54,7 @@ def linear_robust(X, y, v, tau):
 def scaling_rows(vc: VerifyConfig, sc: ScalingConfig, quiet=False) -> list[dict]:
     rows = []
     cells = [(d, mode) for d in sc.ds for mode in ("fixed", "power")]
-    for d, mode in tqdm(cells, desc="C6 scaling", disable=quiet):
+    for d, mode in progress(cells, desc="C6 scaling", quiet=quiet):
         k = sc.k_fixed if mode == "fixed" else float(d) ** sc.k_exponent
         t0 = time.perf_counter()
         run_cfg = vc.run.replace(data=vc.run.data.replace(d=d, D=d, k=k))
@@ -87,8 +89,9 @@ def scaling_claims(rows):
     return out
 
 
-def run_scaling(vc: VerifyConfig, sc: ScalingConfig, out, quiet=False) -> dict:
-    """Rows, claims, scaling.json, scaling.md and figures/window_vs_d.png under out."""
+def run_scaling(vc: VerifyConfig, sc: ScalingConfig, out, quiet=False, *, resume=False, overwrite=False) -> dict:
+    """Rows, claims, scaling.json, scaling.md and figures/window_vs_d.png under out (new or
+    empty; overwrite=True clears a run there; resume is refused: nothing partial is kept)."""
     from pathlib import Path
 
     import matplotlib
@@ -103,6 +106,11 @@ def run_scaling(vc: VerifyConfig, sc: ScalingConfig, out, quiet=False) -> dict:
     from sim.common.meta import versions
 
     out = Path(out)
+    if resume:
+        raise ConfigError("--resume is not supported with --scaling (its cells keep no partial results); "
+                          "use --overwrite to run it again")
+    prepare_out_dir(out, "sim verify --scaling", {"verify": vc.to_dict(), "scaling": dict(sc.__dict__)},
+                    overwrite=overwrite, run_files=("scaling.json", "scaling.md"))
     t0 = time.perf_counter()
     rows = scaling_rows(vc, sc, quiet)
     claims = [c.to_dict() for c in scaling_claims(rows)]

@@ -10,6 +10,7 @@ is tuned to pass.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,9 @@ import numpy as np
 
 from sim import attacks, measures
 from sim.claims import CLAIMS, Claim, judge
-from sim.common.files import atomic_write_json
+from sim.common.files import atomic_save_npz, atomic_write_json
 from sim.common.meta import versions
+from sim.common.outdir import prepare_out_dir
 from sim.model.config import (_NESTED, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _check_choice,
                               _check_int, _check_real, _Frozen)
 from sim.model.network import TwoLayerNet
@@ -134,6 +136,7 @@ def _certify_into(entry: dict, net, X, y, tau, norm, rep, vc: VerifyConfig) -> N
     from sim.certify import certify, certify_gap_diagnosis
 
     cert = certify(net, X, y, tau, norm, focus=~rep.broken)
+    entry["_certified_mask"] = cert.certified  # for masks_{norm}.npz; not in verify.json
     entry["certified_acc"] = cert.certified_accuracy
     entry["certify_seconds"] = cert.seconds
     entry["certified_but_attacked"] = int(np.sum(cert.certified & rep.broken))
@@ -160,13 +163,62 @@ def robust_curve(net: TwoLayerNet, clean: CleanRun, vc: VerifyConfig, norm: str,
     return out
 
 
-def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False) -> dict:
-    """The whole pipeline; writes verify.json, report.md and figures/ under out."""
+NETS = ("clean", "adv", "control")
+
+
+def save_nets(path: Path, nets: dict, W_init: np.ndarray) -> None:
+    """weights_{norm}.npz: for each network (clean, adv, control) what rebuilds it: W_NAME,
+    b_NAME, beta_NAME and model_NAME (its ModelConfig as JSON), and W_init."""
+    arrays = {"W_init": W_init}
+    for name, net in nets.items():
+        arrays.update({f"W_{name}": net.W, f"b_{name}": net.b, f"beta_{name}": np.float64(net.beta),
+                       f"model_{name}": np.array(json.dumps(net.model.to_dict()))})
+    atomic_save_npz(path, **arrays)
+
+
+def load_nets(path: Path) -> dict:
+    """The networks of a weights_{norm}.npz written by verify: {'clean': TwoLayerNet, 'adv': ..., 'control': ...}."""
+    from sim.model.config import ModelConfig
+
+    nets = {}
+    with np.load(path) as z:
+        for name in NETS:
+            if f"model_{name}" in z.files:
+                model = ModelConfig.from_dict(json.loads(str(z[f"model_{name}"])))
+                nets[name] = TwoLayerNet(z[f"W_{name}"], model, z[f"b_{name}"], float(z[f"beta_{name}"]))
+    return nets
+
+
+def _save_masks(path: Path, tm: dict, reps: dict, ye: np.ndarray) -> None:
+    """masks_{norm}.npz: for the first n_eval test points (index), per network, broken_NAME
+    (some attack succeeded or the point is misclassified) and, where certified, certified_NAME."""
+    arrays = {"index": np.arange(len(ye)), "y": ye}
+    for name, key in (("clean", "clean_net"), ("adv", "adv_net"), ("control", "random_control_net")):
+        arrays[f"broken_{name}"] = reps[name].broken
+        mask = tm[key].pop("_certified_mask", None)
+        if mask is not None:
+            arrays[f"certified_{name}"] = mask
+    atomic_save_npz(path, **arrays)
+
+
+RUN_FILES = ("verify.json", "report.md", "clean", "weights_l2.npz", "weights_linf.npz")  # before run.json
+
+
+def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False, *, resume: bool = False,
+               overwrite: bool = False) -> dict:
+    """The whole pipeline; writes verify.json, report.md, figures/, weights_{norm}.npz
+    (sim.experiments.verify.load_nets rebuilds the networks) and masks_{norm}.npz under out.
+
+    out must be new or empty (or hold a verify run of this config with resume=True: its clean
+    training is reused, resumed from its last snapshot if cut short, and every later stage
+    is run again; or any run with overwrite=True: cleared first). See sim.common.outdir.
+    """
     t0 = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    resuming = prepare_out_dir(out, "sim verify", vc.to_dict(), resume=resume, overwrite=overwrite,
+                               run_files=RUN_FILES)
     timings = {}
-    clean = train_clean(vc.run, out / "clean", quiet=quiet)
+    clean = _clean_stage(vc, out / "clean", quiet, resuming)
     timings["clean_training"] = clean.seconds
     p, te = clean.problem, clean.test
     Xe, ye = te.x[:vc.n_eval], te.y[:vc.n_eval]
@@ -212,8 +264,8 @@ def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False) -> dict:
                                                   n_eval=vc.n_eval, model_cfg=vc.run.model, quiet=quiet)
             timings[f"lower_bound_{norm}"] = time.perf_counter() - t2
         results["threat_models"][norm] = tm
-        np.savez(out / f"weights_{norm}.npz", W_init=clean.W_init, W_clean=clean.net.W, W_adv=adv.W,
-                 W_control=control.W)
+        save_nets(out / f"weights_{norm}.npz", {"clean": clean.net, "adv": adv, "control": control}, clean.W_init)
+        _save_masks(out / f"masks_{norm}.npz", tm, {"clean": rep_clean, "adv": rep_adv, "control": rep_ctrl}, ye)
         claims += threat_claims(norm, tau, tm, results["clean"]["dense"], vc)
         if vc.lower_bound:
             claims += lower_bound_claims(norm, tau, tm)
@@ -225,6 +277,12 @@ def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False) -> dict:
     write_report(doc, clean, out)
     atomic_write_json(out / "verify.json", doc)
     return doc
+
+
+def _clean_stage(vc: VerifyConfig, out: Path, quiet: bool, resuming: bool) -> CleanRun:
+    """Clean training into out/clean; resuming: from its last snapshot (a finished run
+    resumes at its last step: only the final evaluation is redone)."""
+    return train_clean(vc.run, out, quiet=quiet, resume=resuming)
 
 
 def threat_claims(norm, tau, tm, clean_dense, vc) -> list[Claim]:

@@ -3,7 +3,10 @@
 The directory holds everything needed to trust and reuse the run: the full config
 (config.json, from which the data regenerate exactly), data.json (acceptance rates and
 checksums of the generated sets), metrics.jsonl, snapshots/step_NNNNNNN.npz, and
-weights.npz with the final state. Every file is written atomically.
+weights.npz with the final state, and run.json (what marks the folder as this run: see
+sim.common.outdir). Every file is written atomically. A folder that holds another run is
+refused; resume=True continues a run of the same config from its last snapshot, with the
+same numbers as an uninterrupted run; overwrite=True clears the folder first.
 """
 from __future__ import annotations
 
@@ -15,12 +18,13 @@ import numpy as np
 
 from sim.common.files import atomic_save_npz, atomic_write_json
 from sim.common.meta import versions
+from sim.common.outdir import prepare_out_dir
 from sim.model.config import RunConfig
 from sim.model.data import Dataset, Problem
 from sim.model.network import TwoLayerNet
 
 from .loop import evaluate, gradient_descent
-from .rundir import MetricsLog, array_digest
+from .rundir import MetricsLog, array_digest, read_jsonl
 
 
 def save_net(path: Path, net: TwoLayerNet, step: int | None = None) -> None:
@@ -55,17 +59,52 @@ def data_summary(train: Dataset, test: Dataset) -> dict:
             "mean_active_atoms": float(np.mean(np.count_nonzero(train.z, axis=1)))}
 
 
-def train_clean(cfg: RunConfig, out: Path | None = None, quiet: bool = False) -> CleanRun:
-    """Generate the data, initialise, train by gradient descent; write `out` if given."""
+RUN_FILES = ("config.json", "metrics.jsonl", "snapshots", "weights.npz")  # a run folder from before run.json
+
+
+def last_snapshot(out: Path) -> tuple[int, Path] | None:
+    """(step, path) of the latest readable snapshot of a run folder, or None."""
+    for path in sorted((Path(out) / "snapshots").glob("step_*.npz"), reverse=True):
+        try:
+            with np.load(path) as z:
+                if {"W", "b", "beta"} <= set(z.files):
+                    return int(path.stem.split("_")[1]), path
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def train_clean(cfg: RunConfig, out: Path | None = None, quiet: bool = False, *, resume: bool = False,
+                overwrite: bool = False) -> CleanRun:
+    """Generate the data, initialise, train by gradient descent; write `out` if given.
+
+    out must be new, empty, or hold a run of this config with resume=True (training goes on
+    from its last snapshot) or any run with overwrite=True (cleared); see sim.common.outdir.
+    """
     t0 = time.perf_counter()
+    resuming = False
+    if out is not None:
+        out = Path(out)
+        resuming = prepare_out_dir(out, "sim train", cfg.to_dict(), resume=resume, overwrite=overwrite,
+                                   run_files=RUN_FILES)
     problem = Problem.from_config(cfg.data)
     train = problem.train_set() if cfg.train.mode == "full_batch" else None
     test = problem.test_set()
     net = TwoLayerNet.init(cfg, np.dtype(cfg.train.dtype))
     W_init = net.W.copy()
     snapshots: dict[int, np.ndarray] = {}
+    start, kept_rows = 0, None
+    if resuming and (last := last_snapshot(out)) is not None:
+        start, path = last
+        net = load_net(path, cfg)
+        for p in sorted((out / "snapshots").glob("step_*.npz")):
+            step = int(p.stem.split("_")[1])
+            if step <= start:
+                with np.load(p) as z:
+                    snapshots[step] = z["W"].copy()
+        old = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
+        kept_rows = [r for r in old if r.get("step", -1) < start and not r.get("final")]
     if out is not None:
-        out = Path(out)
         atomic_write_json(out / "config.json", cfg.to_dict())
         if train is not None:
             atomic_write_json(out / "data.json", data_summary(train, test))
@@ -75,10 +114,11 @@ def train_clean(cfg: RunConfig, out: Path | None = None, quiet: bool = False) ->
         if out is not None:
             save_net(out / "snapshots" / f"step_{step:07d}.npz", n, step)
 
-    log = MetricsLog(out / "metrics.jsonl" if out is not None else None)
+    log = MetricsLog(out / "metrics.jsonl" if out is not None else None, keep=kept_rows)
     try:
         gradient_descent(net, problem, train, test, cfg.train, log=log, on_snapshot=on_snapshot,
-                         quiet=quiet, desc="clean training")
+                         quiet=quiet, desc="clean training" + (f" (resumed at step {start})" if start else ""),
+                         start=start)
     finally:
         log.close()
     seconds = time.perf_counter() - t0

@@ -10,8 +10,7 @@ import time
 from typing import Callable
 
 import numpy as np
-from tqdm.auto import tqdm
-
+from sim.common.progress import progress
 from sim.model.config import TrainConfig
 from sim.model.data import Dataset, Problem
 from sim.model.network import TwoLayerNet
@@ -37,14 +36,16 @@ def evaluate(net: TwoLayerNet, data: Dataset) -> dict:
 def gradient_descent(net: TwoLayerNet, problem: Problem, train: Dataset | None, test: Dataset | None,
                      tcfg: TrainConfig, *, perturb: Perturb | None = None, log: MetricsLog | None = None,
                      on_snapshot: Callable[[int, TwoLayerNet], None] | None = None,
-                     quiet: bool = False, desc: str = "train") -> TwoLayerNet:
+                     quiet: bool = False, desc: str = "train", start: int = 0) -> TwoLayerNet:
     """Run tcfg.steps steps of gradient descent on net (in place) and return it.
 
     full_batch: every step uses the exact gradient on the whole `train` set.
     online: step t uses a fresh batch from the problem's online stream (sub-key t).
     Snapshots of the weights are handed to on_snapshot at the steps in tcfg.snapshots
     (step s = the weights after s updates), every tcfg.snapshot_every steps, and after
-    the last step.
+    the last step. start: the number of updates net has already had (resuming a run from
+    its snapshot at that step: the steps before it are skipped, the rest are exactly those of
+    an uninterrupted run, and the snapshot at `start` is not written again).
     """
     log = log if log is not None else MetricsLog(None)
     dtype = np.dtype(tcfg.dtype)
@@ -57,11 +58,12 @@ def gradient_descent(net: TwoLayerNet, problem: Problem, train: Dataset | None, 
         y_full = train.y.astype(np.float64)
     snaps = set(tcfg.snapshots)
     t0 = time.perf_counter()
-    bar = tqdm(range(tcfg.steps + 1), desc=desc, disable=quiet, leave=False, mininterval=0.5)
-    for step in bar:
+    bar = progress(desc=desc, quiet=quiet, total=tcfg.steps, initial=start, leave=False, mininterval=0.5)
+    for step in range(start, tcfg.steps + 1):
         if net.model.bias == "schedule":
             net.beta = beta_at(net.model, step)
-        if on_snapshot is not None and (step in snaps or (tcfg.snapshot_every and step % tcfg.snapshot_every == 0)):
+        if on_snapshot is not None and (step > start or start == 0) and (
+                step in snaps or (tcfg.snapshot_every and step % tcfg.snapshot_every == 0)):
             on_snapshot(step, net)
         if step == tcfg.steps:
             break
@@ -93,10 +95,13 @@ def gradient_descent(net: TwoLayerNet, problem: Problem, train: Dataset | None, 
             raise FloatingPointError(f"weights overflowed at step {step}: lower lr (now {tcfg.lr})")
         row["seconds"] = time.perf_counter() - t0
         log.write(row)
+        bar.update(1)
     if test is not None:
         ev = evaluate(net, test)
+        bar.set_postfix(test_acc=f"{ev['acc']:.4f}")
         log.write({"step": tcfg.steps, "test_loss": ev["loss"], "test_acc": ev["acc"],
                    "seconds": time.perf_counter() - t0, "final": True})
+    bar.close()
     if on_snapshot is not None and tcfg.steps not in snaps:
         on_snapshot(tcfg.steps, net)
     return net

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sim.common.files import atomic_write_text
 from sim.common.files import jsonable as _jsonable
 
 
@@ -24,12 +25,15 @@ def array_digest(a: np.ndarray) -> str:
 class MetricsLog:
     """Append-only JSONL log, flushed each line (a killed run keeps every logged step)."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, keep: list[dict] | None = None):
+        """keep: rows of an earlier part of the run (resuming): the file is rewritten with
+        them (atomically), and new rows are appended after them."""
         self.path = Path(path) if path is not None else None
-        self.rows: list[dict] = []
+        self.rows: list[dict] = list(keep or [])
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "w")
+            atomic_write_text(self.path, "".join(json.dumps(r, default=_jsonable) + "\n" for r in self.rows))
+            self._fh = open(self.path, "a")
 
     def write(self, row: dict) -> None:
         self.rows.append(row)

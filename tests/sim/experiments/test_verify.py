@@ -78,3 +78,43 @@ def test_bad_verify_config_is_named():
         VerifyConfig(n_eval=5000)
     res = subprocess.run([sys.executable, "-m", "sim", "verify", "--set", "adv_kind=cw"], capture_output=True, text=True)
     assert res.returncode == 2 and "adv_kind='cw'" in res.stderr
+
+
+def test_saved_networks_reload_to_the_same_outputs(tiny_doc):
+    """weights_{norm}.npz rebuilds every network (W, bias state, model config): its clean
+    accuracy on the attacked points is verify.json's, and masks_{norm}.npz holds the per-point
+    outcomes behind the robust and certified accuracies."""
+    import numpy as np
+
+    from sim.experiments.verify import load_nets
+    from sim.model.data import Problem
+    from sim.train.clean import load_net
+
+    doc, out = tiny_doc
+    te = Problem.from_config(TINY.run.data).test_set()
+    X, y = te.x[:TINY.n_eval], te.y[:TINY.n_eval]
+    clean_w = load_net(out / "clean" / "weights.npz", TINY.run)
+    for norm in TINY.norms:
+        nets = load_nets(out / f"weights_{norm}.npz")
+        assert set(nets) == {"clean", "adv", "control"}
+        np.testing.assert_array_equal(nets["clean"].forward(X), clean_w.forward(X))
+        tm = doc["results"]["threat_models"][norm]
+        masks = np.load(out / f"masks_{norm}.npz")
+        np.testing.assert_array_equal(masks["index"], np.arange(TINY.n_eval))
+        for name, key in (("clean", "clean_net"), ("adv", "adv_net"), ("control", "random_control_net")):
+            assert nets[name].accuracy(X, y) == tm[key]["clean_acc"]
+            broken = masks[f"broken_{name}"]
+            assert np.mean(~broken) == tm[key]["robust_acc"]
+            assert np.all(y[~broken] * nets[name].forward(X[~broken]) > 0)  # unbroken points are classified right
+            if "certified_acc" in tm[key]:
+                cert = masks[f"certified_{name}"]
+                assert np.mean(cert) == tm[key]["certified_acc"] and not np.any(cert & broken)
+        assert nets["adv"].model.bias == "schedule" and nets["adv"].beta > TINY.run.model.beta
+
+
+def test_verify_refuses_a_folder_holding_a_run(tiny_doc):
+    doc, out = tiny_doc
+    with pytest.raises(ConfigError, match="--resume"):
+        run_verify(TINY, out, quiet=True)
+    with pytest.raises(ConfigError, match="another config"):
+        run_verify(TINY.replace(tau_l2=0.2), out, quiet=True, resume=True)

@@ -149,3 +149,71 @@ def test_fused_fgm_training_equals_the_plain_path(bias, activation, route, monke
     assert abs(got[0] - ref[0]) <= 1e-12 * max(1.0, ref[0])
     np.testing.assert_allclose(got[1], ref[1], rtol=1e-9, atol=1e-12 * np.abs(ref[1]).max())
     np.testing.assert_allclose(got[3], ref[3], rtol=1e-9, atol=1e-12)
+
+
+def _crash_copy(src: Path, dst: Path, snapshot_step: int, extra_rows: int) -> None:
+    """The state a run killed a few steps after its snapshot at snapshot_step leaves: the
+    snapshots up to it, the log a few steps further, no weights.npz / summary.json."""
+    import shutil
+
+    dst.mkdir()
+    for name in ("run.json", "config.json", "data.json"):  # no data.json in online mode
+        if (src / name).exists():
+            shutil.copy(src / name, dst / name)
+    (dst / "snapshots").mkdir()
+    for p in (src / "snapshots").iterdir():
+        if int(p.stem.split("_")[1]) <= snapshot_step:
+            shutil.copy(p, dst / "snapshots" / p.name)
+    lines = (src / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (dst / "metrics.jsonl").write_text("".join(lines[:snapshot_step + extra_rows]) + '{"step": 9')  # cut mid-line
+
+
+def _rows_without_time(path: Path) -> list:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in read_jsonl(path)]
+
+
+@pytest.mark.parametrize("bias,dtype,mode", [("trained", "float64", "full_batch"), ("schedule", "float32", "full_batch"),
+                                             ("relative", "float32", "online")])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, bias, dtype, mode):
+    cfg = SMALL.replace(model=ModelConfig(bias=bias, beta=0.05, beta_end=0.2, ramp_steps=30, bias_value=0.01),
+                        train=TrainConfig(lr=1.0, steps=50, eval_every=7, snapshot_every=20, dtype=dtype, mode=mode,
+                                          batch_size=300))
+    full = train_clean(cfg, tmp_path / "full", quiet=True)
+    _crash_copy(tmp_path / "full", tmp_path / "cut", snapshot_step=20, extra_rows=6)
+    resumed = train_clean(cfg, tmp_path / "cut", quiet=True, resume=True)
+    for name in ("W", "b", "beta"):
+        a, b = np.load(tmp_path / "full" / "weights.npz")[name], np.load(tmp_path / "cut" / "weights.npz")[name]
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
+    assert resumed.net.W.tobytes() == full.net.W.tobytes()
+    assert _rows_without_time(tmp_path / "cut" / "metrics.jsonl") == _rows_without_time(tmp_path / "full" / "metrics.jsonl")
+    assert sorted(p.name for p in (tmp_path / "cut" / "snapshots").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "full" / "snapshots").iterdir())
+    for p in (tmp_path / "full" / "snapshots").iterdir():
+        assert np.load(p)["W"].tobytes() == np.load(tmp_path / "cut" / "snapshots" / p.name)["W"].tobytes()
+    assert sorted(resumed.snapshots) == sorted(full.snapshots) and resumed.W_init.tobytes() == full.W_init.tobytes()
+
+
+def test_resume_from_the_command_line_after_a_kill(tmp_path):
+    """SIGKILL `sim train` after a few snapshots, then `--resume`: the final weights are those
+    of an uninterrupted run, bit for bit."""
+    flags = ["--quiet", "--set", "data.d=48", "--set", "data.n_train=1000", "--set", "train.steps=200",
+             "--set", "train.eval_every=1000", "--set", "train.snapshot_every=5"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "sim", "train", "--out", str(out), *flags], env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "snapshots").exists() and len(list((out / "snapshots").glob("step_*.npz"))) >= 3:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_early = not (out / "weights.npz").exists()
+    subprocess.run([sys.executable, "-m", "sim", "train", "--out", str(out), *flags, "--resume"], env=env, check=True)
+    subprocess.run([sys.executable, "-m", "sim", "train", "--out", str(tmp_path / "full"), *flags], env=env, check=True)
+    a, b = np.load(out / "weights.npz"), np.load(tmp_path / "full" / "weights.npz")
+    assert a["W"].tobytes() == b["W"].tobytes() and a["b"].tobytes() == b["b"].tobytes()
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(200)) + [200]
+    assert killed_early, "the run finished before it was killed: make it longer"
