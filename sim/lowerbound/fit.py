@@ -21,10 +21,10 @@ import math
 
 import numpy as np
 from scipy.special import expit
-from tqdm.auto import tqdm
 
 from sim import attacks
 from sim.common.norms import NORMS, check_norm  # noqa: F401 - NORMS re-exported
+from sim.common.progress import progress
 from sim.common.validation import _fail as fail
 
 PARITIES = ("odd", "full")
@@ -79,7 +79,7 @@ def adam_fit(model, X, y, *, steps: int, batch: int = 256, lr: float = 1e-2, rid
     b1, b2, eps = 0.9, 0.999, 1e-8
     perm, pos = rng.permutation(n), 0
     losses = []
-    bar = tqdm(range(steps), desc=desc, disable=quiet, leave=False, mininterval=0.5)
+    bar = progress(range(steps), desc=desc, quiet=quiet, leave=False, mininterval=0.5)
     for t in bar:
         if pos + batch > n:
             perm, pos = rng.permutation(n), 0

@@ -54,9 +54,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from sim import attacks
+from sim.common.progress import progress
 from sim.model.config import ModelConfig, RunConfig
 from sim.model.data import STREAM_ATTACK, STREAM_INIT, STREAM_TRAIN, Problem, stream
 from sim.model.network import TwoLayerNet
@@ -226,7 +226,7 @@ def lower_bound_table(problem: Problem, train, test, tau: float, norm: str, *, s
     rows: list[dict] = []
     data_cache: dict[int, tuple] = {}
     trained: dict[tuple, object] = {}
-    bar = tqdm(jobs, desc=f"C5 lower bound ({norm}, tau={tau:g})", disable=quiet, leave=False)
+    bar = progress(jobs, desc=f"C5 lower bound ({norm}, tau={tau:g})", quiet=quiet, leave=False)
     for j, (model_name, training, fct) in enumerate(bar):
         bar.set_postfix_str(f"{model_name} {training} {'' if fct is None else f'{fct}N'}")
         t0, c0 = time.perf_counter(), time.process_time()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +25,22 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def plan_workers(n_cells: int, workers: int | None, threads: int | None, cores: int | None = None):
-    """(processes, Numba threads each) with processes x threads <= cores."""
-    cores = cores or available_cores()
+def check_workers(workers: int | None, threads: int | None) -> None:
+    """--workers: None (automatic) or >= 0 (0: the cells run in this process); --threads: None or >= 1."""
     if workers is not None:
-        _check_int("workers", workers, lo=1)
+        _check_int("workers", workers, lo=0)
     if threads is not None:
         _check_int("threads", threads, lo=1)
+
+
+def plan_workers(n_cells: int, workers: int | None, threads: int | None, cores: int | None = None):
+    """(processes, Numba threads each) with processes x threads <= cores (workers=0 is
+    handled by run_sweep: no process)."""
+    cores = cores or available_cores()
+    check_workers(workers, threads)
+    if workers == 0:
+        raise ConfigError("workers=0 is invalid here: plan_workers plans worker processes; run_sweep runs the "
+                          "cells in its own process for workers=0")
     if workers is None:
         workers = max(1, min(max(n_cells, 1), cores // (threads or 1)))
     if threads is None:
@@ -79,8 +89,13 @@ def run_sweep(spec: SweepSpec, out, *, workers: int | None = None, threads: int 
     """
     from . import store
 
+    check_workers(workers, threads)
     t0 = time.perf_counter()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is invalid: it is a file; allowed a folder (new, or of this sweep)")
+    if scheduler is None and workers != 0:
+        plan_workers(max(len(_unique(spec.points)), 1), workers, threads)  # workers x threads <= cores: checked now
     out.mkdir(parents=True, exist_ok=True)
     store.write_sweep_json(out, spec, command=command, commit=git_commit())
     todo, skipped = [], 0
@@ -150,29 +165,43 @@ def _unique(points):
 
 class _Progress:
     """A bar over the estimated cost of the cells (so its time-left estimate weighs big cells
-    more), showing the count of finished cells and failures."""
+    more), showing the count of finished cells and failures. The bar's position is the
+    finished share of the cost, rounded, so it never passes its total (tqdm would warn and
+    show a negative time left). With stderr not a terminal: one line per finished cell."""
 
     def __init__(self, total, done, todo, quiet):
         from tqdm.auto import tqdm
 
-        self.total, self.done, self.failed = total, done, 0
-        cost = sum(p.cost() for p in todo)
-        self.scale = 1000.0 / cost if cost > 0 else 0.0
-        self.bar = tqdm(total=1000, disable=quiet, unit="", leave=True, dynamic_ncols=True,
+        from sim.common.progress import stderr_is_terminal
+
+        self.total, self.done, self.failed, self.quiet = total, done, 0, quiet
+        self.cost, self.spent = sum(p.cost() for p in todo), 0.0
+        self.lines = not quiet and not stderr_is_terminal()
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(total=1000, disable=quiet or self.lines, unit="", leave=True, dynamic_ncols=True,
                         bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]")
         self._post()
 
+    def _text(self):
+        return f"sweep: {self.done}/{self.total} cells" + (f", {self.failed} failed" if self.failed else "")
+
     def _post(self):
-        self.bar.set_description_str(f"sweep: {self.done}/{self.total} cells"
-                                     + (f", {self.failed} failed" if self.failed else ""))
+        self.bar.set_description_str(self._text())
 
     def update(self, p, res):
         if res.get("status") == "ok":
             self.done += 1
         else:
             self.failed += 1
-        self.bar.update(p.cost() * self.scale)
+        self.spent += p.cost()
+        target = min(1000, round(1000 * self.spent / self.cost)) if self.cost > 0 else 1000
+        if target > self.bar.n:
+            self.bar.update(target - self.bar.n)
         self._post()
+        if self.lines:
+            status = "done" if res.get("status") == "ok" else "FAILED"
+            print(f"{self._text()} ({p.hash} {p.label or ''} {status}, {time.perf_counter() - self.t0:.0f} s)",
+                  file=sys.stderr, flush=True)
 
     def close(self):
         self.bar.close()
@@ -199,6 +228,7 @@ def _run_local(todo, workers, threads, on_result):
 
     queue, suspects, inflight = deque(todo), deque(), {}
     pool = new_pool()
+    finished = False
     try:
         while queue or suspects or inflight:
             broken = False
@@ -231,14 +261,18 @@ def _run_local(todo, workers, threads, on_result):
                 else:
                     on_result(p, f.result())
             if broken:
-                pool.shutdown(wait=False, cancel_futures=True)
+                pool.shutdown(wait=True, cancel_futures=True)  # its processes are gone: nothing to wait for
                 pool = new_pool()
+        finished = True
     finally:
-        procs = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
+        if finished:  # wait for the workers to exit, so that their queues' semaphores are released
+            pool.shutdown(wait=True)  # (shutdown without waiting leaked them: a resource_tracker warning)
+        else:  # interrupted (Ctrl-C, an error in this process): stop the workers now
+            procs = list(getattr(pool, "_processes", {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
 
 
 def _run_dask(todo, scheduler, threads, on_result):
