@@ -1,8 +1,10 @@
 """Command line: `python -m sim train|verify|sweep|plot|bench|lowerbound|experiments ...`.
 
 The only argparse in sim: every subcommand's options are here; the packages take plain
-arguments. A ConfigError (a bad parameter, named in the message) is printed on one line and
-the exit status is 2. Nothing here imports torch (bench loads it when it runs).
+arguments. Every bad input (a ConfigError naming the parameter, a usage error of argparse, a
+config file that is missing or not JSON, an output path that cannot be used) is printed on
+one line and the exit status is 2, before anything is written. Nothing here imports torch
+(bench loads it when it runs).
 """
 from __future__ import annotations
 
@@ -13,6 +15,31 @@ from pathlib import Path
 
 from .common.overrides import apply_sets, parse_assignment
 from .common.validation import ConfigError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (the problem, and where the help is)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def read_json_config(path: str, flag: str = "--config") -> dict:
+    """The JSON object in a config file; a ConfigError naming the file if it cannot be used."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{flag} {path!r} is invalid: " + ("it is a folder" if p.is_dir() else "no such file")
+                          + "; allowed a JSON file")
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{flag} {path!r} cannot be read ({exc.__class__.__name__}: {exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag} {path!r} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{flag} {path!r} is invalid: it holds a JSON {type(doc).__name__}; allowed a JSON object "
+                          "of config fields")
+    return doc
 
 
 def config_from_args(base: dict, sets: list[str]):
@@ -31,9 +58,9 @@ def config_from_args(base: dict, sets: list[str]):
 def _cmd_train(args) -> int:
     from .train.clean import train_clean
 
-    base = json.loads(Path(args.config).read_text()) if args.config else {}
+    base = read_json_config(args.config) if args.config else {}
     cfg = config_from_args(base, args.set)
-    run = train_clean(cfg, Path(args.out), quiet=args.quiet)
+    run = train_clean(cfg, Path(args.out), quiet=args.quiet, resume=args.resume, overwrite=args.overwrite)
     final = run.log.rows[-1]
     print(f"clean training: test accuracy {final['test_acc']:.4f} after {cfg.train.steps} steps "
           f"in {run.seconds:.1f} s -> {args.out}")
@@ -46,7 +73,7 @@ def _cmd_verify(args) -> int:
 
     vc = quick_config() if args.quick else VerifyConfig()
     if args.config:
-        vc = VerifyConfig.from_dict({**vc.to_dict(), **json.loads(Path(args.config).read_text())})
+        vc = VerifyConfig.from_dict({**vc.to_dict(), **read_json_config(args.config)})
     if args.set:
         vc = VerifyConfig.from_dict(apply_sets(vc.to_dict(), args.set))
     out = Path(args.out)
@@ -54,11 +81,13 @@ def _cmd_verify(args) -> int:
         from .experiments.scaling import ScalingConfig, run_scaling
 
         sc = ScalingConfig(ds=(32, 64, 128), n_eval=200) if args.quick else ScalingConfig()
-        doc = run_scaling(vc, sc, out / "scaling", quiet=args.quiet)
+        doc = run_scaling(vc, sc, out / "scaling", quiet=args.quiet, resume=args.resume, overwrite=args.overwrite)
         print(claims_table(doc["claims"]))
         print(f"\nscaling: {doc['seconds']:.0f} s; report: {out / 'scaling' / 'scaling.md'}")
         return 0
-    doc = run_verify(vc, out, quiet=args.quiet)
+    if args.json:
+        _check_output_file(args.json, "--json")
+    doc = run_verify(vc, out, quiet=args.quiet, resume=args.resume, overwrite=args.overwrite)
     if args.json:
         from sim.common.files import atomic_write_json
 
@@ -69,12 +98,32 @@ def _cmd_verify(args) -> int:
     return 0
 
 
+def _check_output_file(path: str, flag: str) -> None:
+    """A file the command will write: refused now if it is a folder or its folder is a file."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {path!r} is invalid: it is a folder; allowed a file name")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {path!r} is invalid: {str(parent)!r} is a file, not a folder")
+            break
+
+
+def _check_output_dir(path: Path, flag: str = "--out") -> None:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {str(path)!r} is invalid: it is a file; allowed a folder")
+    _check_output_file(str(path / "x"), flag)
+
+
 def _cmd_sweep(args) -> int:
     from .sweep import load_spec, run_sweep
-    from .sweep.executors import _jsonable, _unique
+    from .sweep.executors import _jsonable, _unique, check_workers
 
+    check_workers(args.workers, args.threads)
     spec = load_spec(args.spec)
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / spec.name
+    _check_output_dir(out)
     if args.dry_run:
         for p in spec.points:
             print(f"{p.hash}  seed={p.seed}  {p.label}  {json.dumps(_jsonable(p.assignments))}")
@@ -98,7 +147,19 @@ def _command(args) -> str:
 
 
 def _cmd_plot(args) -> int:
+    src = Path(args.results)
+    if not src.exists():
+        raise ConfigError(f"results {args.results!r} is invalid: no such file or folder; allowed a sweep folder "
+                          "or its results.csv")
+    if src.is_dir() and not (src / "results.csv").is_file():
+        raise ConfigError(f"results {args.results!r} is invalid: the folder has no results.csv; allowed a sweep "
+                          "folder (python -m sim sweep --out) or a results.csv")
+    if src.is_file() and not (src.name.endswith(".csv") or src.name.endswith(".csv.gz")):
+        raise ConfigError(f"results {args.results!r} is invalid: allowed a sweep folder or a results.csv "
+                          f"(or .csv.gz), not {src.name!r}")
+    _check_output_dir(Path(args.out))
     from .sweep.plot import plot_results
+
 
     written = plot_results(args.results, args.out, prefix=args.prefix, command=" ".join(
         ["python -m sim plot", args.results] + (["--out", args.out] if args.out != "figures" else [])
@@ -189,7 +250,10 @@ def bench_config_from_args(args):
 def _cmd_bench(args) -> int:
     from .bench.harness import run_bench
 
-    doc = run_bench(bench_config_from_args(args))
+    cfg = bench_config_from_args(args)
+    if args.json:
+        _check_output_file(args.json, "--json")
+    doc = run_bench(cfg)
     if args.json:
         from .common.files import atomic_write_json
 
@@ -266,11 +330,22 @@ def _cmd_lowerbound(a) -> int:
 
     from .common.files import atomic_write_bytes
     from .lowerbound.claims import c5_claims
+    from .lowerbound.fit import check_int, check_norm_tau, check_parity, check_pos
     from .lowerbound.table import format_table, lower_bound_table
     from .model.config import DataConfig
     from .model.data import Problem
 
     lists = {k: _int_list(f"--{k.replace('_', '-')}", getattr(a, k)) for k in ("factors", "degrees", "atom_degrees")}
+    for k, values in lists.items():
+        if values and min(values) < 1:
+            raise ConfigError(f"--{k.replace('_', '-')}={getattr(a, k)!r} is invalid: allowed comma-separated "
+                              "integers >= 1, e.g. 1,10")
+    check_norm_tau(a.norm, a.tau)  # before the data are generated
+    check_pos("scale", a.scale)
+    check_int("n_eval", a.n_eval, 1)
+    check_parity(a.parity)
+    if a.json:
+        _check_output_file(a.json, "--json")
     cfg = DataConfig(d=a.d, k=a.k, seed=a.seed)
     problem = Problem.from_config(cfg)
     t0 = time.perf_counter()
@@ -322,27 +397,89 @@ def _cmd_strategies(args) -> int:
     return 0
 
 
+def _fields_text(d: dict, width: int = 88) -> str:
+    """'  data: d=256, D=None, ...' lines: the config fields and their defaults, for --help."""
+    from .common.overrides import flatten
+
+    lines = []
+    for section, fields in d.items():
+        items = [f"{k}={json.dumps(v)}" for k, v in flatten(fields).items()] if isinstance(fields, dict) \
+            else [f"{section}={json.dumps(fields)}"]
+        line = f"  {section}: " if isinstance(fields, dict) else "  "
+        for item in items:
+            if len(line) + len(item) > width:
+                lines.append(line.rstrip())
+                line = "      "
+            line += item + ", "
+        lines.append(line.rstrip(", "))
+    return "\n".join(lines)
+
+
+def _train_epilog() -> str:
+    from .model.config import RunConfig
+
+    return ("config fields and their defaults (set one with --set SECTION.FIELD=VALUE, all with --config FILE.json;\n"
+            "their meaning: the docstrings of sim/model/config.py and docs/MODEL.md; as JSON: python -m sim config):\n"
+            + _fields_text(RunConfig().to_dict()))
+
+
+def _cmd_config(args) -> int:
+    if args.which == "train":
+        from .model.config import RunConfig
+
+        doc = RunConfig().to_dict()
+    else:
+        from .experiments.verify import VerifyConfig, quick_config
+
+        doc = (quick_config() if args.quick else VerifyConfig()).to_dict()
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def _add_out_flags(p, resume_help: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help=resume_help)
+    g.add_argument("--overwrite", action="store_true",
+                   help="clear the --out folder first if it holds another run (a folder of other files is never "
+                        "cleared)")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__)
+    parser = OneLineParser(prog="python -m sim", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="clean training by gradient descent, written to a run directory")
+    p = sub.add_parser("train", help="clean training by gradient descent, written to a run directory",
+                       epilog=_train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="JSON file with {data: {...}, model: {...}, train: {...}}")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override one config field, e.g. --set data.d=512 (repeatable)")
-    p.add_argument("--out", default="runs/train", help="run directory (default runs/train)")
+                   help="override one config field, e.g. --set data.d=512 (repeatable; fields listed below)")
+    p.add_argument("--out", default="runs/train", help="run directory (default runs/train): new or empty, unless "
+                   "--resume or --overwrite")
+    _add_out_flags(p, "continue the run in --out (same config) from its last snapshot: the same numbers as an "
+                      "uninterrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
-    v = sub.add_parser("verify", help="the main job: train, attack, adversarially train, measure; claims table")
+    v = sub.add_parser("verify", help="the main job: train, attack, adversarially train, measure; claims table",
+                       description="The main job (about 5 min on 2 quiet cores with the defaults; --quick: a d=64 "
+                                   "version in under a minute). The claims it checks: docs/MODEL.md.")
     v.add_argument("--quick", action="store_true", help="a small version (d=64), under a minute")
     v.add_argument("--scaling", action="store_true",
                    help="claim C6: the window of radii over several d (k fixed and k = d^c)")
-    v.add_argument("--config", help="JSON file overriding VerifyConfig fields (sim/experiments/verify.py)")
+    v.add_argument("--config", help="JSON file overriding VerifyConfig fields (sim/experiments/verify.py; "
+                                    "python -m sim config verify prints them)")
     v.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field, e.g. --set tau_l2=0.2 or --set run.data.d=512 (repeatable)")
-    v.add_argument("--out", default="runs/verify", help="output directory (default runs/verify)")
+    v.add_argument("--out", default="runs/verify", help="output directory (default runs/verify): new or empty, "
+                   "unless --resume or --overwrite")
+    _add_out_flags(v, "reuse the finished clean training in --out (same config; resumed from its last snapshot "
+                      "if it was cut short) and run the later stages again")
     v.add_argument("--json", help="also write verify.json to this path")
     v.add_argument("--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=_cmd_verify)
+    c = sub.add_parser("config", help="print the default config of train or verify as JSON (the fields --set and "
+                                      "--config accept)")
+    c.add_argument("which", nargs="?", choices=("train", "verify"), default="train")
+    c.add_argument("--quick", action="store_true", help="verify --quick's config")
+    c.set_defaults(func=_cmd_config)
     add_sweep_commands(sub)
     add_bench_command(sub)
     add_lowerbound_command(sub)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sim.common.validation import ConfigError
+from sim.common.validation import ConfigError, check_choice, check_int
 
 OPS = ("step", "fgm", "pgd20")
 ALT_LABEL = {"fgm": " (unfused)", "pgd20": " (W W^T)"}
@@ -45,10 +45,27 @@ def parse_sizes(text: str) -> list:
             continue
         try:
             d, n = part.lower().split("x")
-            out.append((int(d), int(n)))
+            d, n = int(d), int(n)
         except ValueError:
             raise ConfigError(f"--sizes {part!r}: expected DxN, e.g. 1024x10000") from None
+        if d < 1 or n < 1:
+            raise ConfigError(f"--sizes {part!r}: allowed D >= 1 and N >= 1")
+        out.append((d, n))
     return out
+
+
+def parse_sparse(text: str) -> tuple:
+    """'4096x10000x4' -> (4096, 10000, 4.0) (k defaults to 4)."""
+    parts = text.lower().replace("k", "x").split("x")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        cell = (int(parts[0]), int(parts[1]), float(parts[2]) if len(parts) > 2 else 4.0)
+    except ValueError:
+        raise ConfigError(f"--sparse {text!r}: expected DxNxK, e.g. 4096x10000x4") from None
+    if cell[0] < 1 or cell[1] < 1 or not 0 < cell[2] <= cell[0]:
+        raise ConfigError(f"--sparse {text!r}: allowed D >= 1, N >= 1 and 0 < K <= D")
+    return cell
 
 
 def bench_config(preset=None, quick=False, sizes=None, dtypes=None, sparse=None, no_sparse=False, no_dense=False,
@@ -56,6 +73,11 @@ def bench_config(preset=None, quick=False, sizes=None, dtypes=None, sparse=None,
                  sparse_repeats=0) -> BenchConfig:
     """A BenchConfig from the options of `python -m sim bench` (strings as typed there)."""
     preset = preset or ("quick" if quick else "goal")
+    for t in (dtypes.split(",") if dtypes else []):
+        check_choice("--dtypes", t, ("float32", "float64"))
+    for name, value, lo in (("--repeats", repeats, 0), ("--sparse-repeats", sparse_repeats, 0),
+                            ("--threads", threads, 0), ("--n-eval", n_eval, 0), ("--warm-steps", warm_steps, 0)):
+        check_int(name, value, lo=lo)
     if sizes:
         dtype_list = dtypes.split(",") if dtypes else ["float32"]
         cells = [(d, n, t) for t in dtype_list for (d, n) in parse_sizes(sizes)]
@@ -67,16 +89,15 @@ def bench_config(preset=None, quick=False, sizes=None, dtypes=None, sparse=None,
     if not no_sparse:
         sparse_cell = SPARSE_PRESETS[preset]
         if sparse:
-            parts = sparse.lower().replace("k", "x").split("x")
-            sparse_cell = (int(parts[0]), int(parts[1]), float(parts[2]) if len(parts) > 2 else 4.0)
+            sparse_cell = parse_sparse(sparse)
     ops = tuple(ops.split(",")) if ops else OPS
     impls = tuple(impls.split(",")) if impls else IMPLS
     for o in ops:
         if o not in OPS:
-            raise SystemExit(f"--ops {o!r}: allowed {', '.join(OPS)}")
+            raise ConfigError(f"--ops {o!r} is invalid: allowed {', '.join(OPS)}")
     for i in impls:
         if i not in IMPLS:
-            raise SystemExit(f"--impls {i!r}: allowed {', '.join(IMPLS)}")
+            raise ConfigError(f"--impls {i!r} is invalid: allowed {', '.join(IMPLS)}")
     if "engine" not in impls:
         impls = ("engine",) + impls
     repeats = repeats if repeats else (2 if preset == "quick" else 5)

@@ -1,6 +1,7 @@
 """report.md and the figures of `sim verify` (matplotlib, Agg backend)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -87,6 +88,18 @@ def c5_table(tm: dict, norm: str, adv_kind: str) -> list[str]:
     return lines
 
 
+def model_doc_link(out: Path) -> str:
+    """docs/MODEL.md of this checkout, relative to the folder of the report (the path in the
+    repository if sim is not run from a checkout, or the two are on different drives)."""
+    doc = Path(__file__).resolve().parents[2] / "docs" / "MODEL.md"
+    if doc.is_file():
+        try:
+            return Path(os.path.relpath(doc, Path(out).resolve())).as_posix()
+        except ValueError:
+            pass
+    return "docs/MODEL.md"
+
+
 def write_report(doc, clean, out: Path):
     out = Path(out)
     figs = out / "figures"
@@ -101,7 +114,9 @@ def write_report(doc, clean, out: Path):
              f"dictionary, N={cfg['run']['data']['n_train']}; network m={clean.net.width}, "
              f"bias {cfg['run']['model']['bias']} (beta={cfg['run']['model']['beta']}); adversarial training "
              f"{cfg['adv_kind']} ({cfg['adv_mode']}, {cfg['adv_steps']} steps, lr {cfg['adv_lr']}).", "",
-             "## Claims", "", claims_table(doc["claims"]), ""]
+             "## Claims", "", "The model and the claims C1-C8 (what each id measures, which choices are the paper's and "
+             "which are ours): [docs/MODEL.md](" + model_doc_link(out) + ") in the repository.", "",
+             claims_table(doc["claims"]), ""]
     holds = sum(c["holds"] for c in doc["claims"])
     lines += [f"{holds} of {len(doc['claims'])} claims hold.", ""]
     for norm, tm in doc["results"]["threat_models"].items():
