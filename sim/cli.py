@@ -177,8 +177,8 @@ def add_sweep_commands(subparsers) -> None:
                               description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("spec", help="the sweep spec (TOML), e.g. sweeps/scaling.toml")
     s.add_argument("--out", help="sweep directory (default runs/sweeps/NAME)")
-    s.add_argument("--workers", type=int, help="local worker processes (default: as many as cores / threads; "
-                                               "0: in this process, one cell at a time)")
+    s.add_argument("--workers", type=int, help="local worker processes, an integer >= 0 (default: as many as "
+                                               "cores / threads; 0: in this process, one cell at a time)")
     s.add_argument("--threads", type=int, help="Numba threads per worker (default: cores / workers; 1 on Dask)")
     s.add_argument("--scheduler", help="a Dask distributed scheduler address, e.g. tcp://host:8786")
     s.add_argument("--dry-run", action="store_true", help="validate the spec and list the cells, run nothing")
@@ -415,23 +415,36 @@ def _fields_text(d: dict, width: int = 88) -> str:
     return "\n".join(lines)
 
 
+def _as_defaults(run: dict) -> dict:
+    """A RunConfig dict with the derived fields shown as their defaults (null): D = d and the
+    margin follow d and the magnitude unless set, so a copy of the printed defaults with only
+    d changed stays valid."""
+    data = dict(run["data"])
+    if data["D"] == data["d"] and data["dictionary"] != "overcomplete":
+        data["D"] = None
+    if data["margin"] == (1.0 if data["magnitude"] == "pm1" else float(data["a_min"])):
+        data["margin"] = None
+    return {**run, "data": data}
+
+
 def _train_epilog() -> str:
     from .model.config import RunConfig
 
     return ("config fields and their defaults (set one with --set SECTION.FIELD=VALUE, all with --config FILE.json;\n"
             "their meaning: the docstrings of sim/model/config.py and docs/MODEL.md; as JSON: python -m sim config):\n"
-            + _fields_text(RunConfig().to_dict()))
+            + _fields_text(_as_defaults(RunConfig().to_dict())))
 
 
 def _cmd_config(args) -> int:
     if args.which == "train":
         from .model.config import RunConfig
 
-        doc = RunConfig().to_dict()
+        doc = _as_defaults(RunConfig().to_dict())
     else:
         from .experiments.verify import VerifyConfig, quick_config
 
         doc = (quick_config() if args.quick else VerifyConfig()).to_dict()
+        doc["run"] = _as_defaults(doc["run"])
     print(json.dumps(doc, indent=2))
     return 0
 

@@ -64,3 +64,20 @@ def test_c6_window():
     assert c6_window(taus, clean, linear, adv, 0.9, 0.99)["tau_C1"] == math.inf
     assert c6_window(taus, clean, linear, adv, 1.0, 0.9)["tau_C3"] == 0.0
     assert math.isnan(c6_window(taus, clean, [], adv, 1.0, 0.99)["tau_lin"])
+
+
+def test_docs_model_states_every_claim_with_its_threshold():
+    """docs/MODEL.md (the repository's statement of the claims) names every claim of the table
+    with the threshold sim.claims judges it by."""
+    from pathlib import Path
+
+    from sim.claims import CLAIMS
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "MODEL.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| C") or
+            line.startswith("| control")}
+    for key, c in CLAIMS.items():
+        row = rows.get(key) or rows[key.split("-")[0]]  # C5-linear / C5-other share the C5 row
+        assert c.threshold_text in row.split("|")[3], (key, row)
+    for n in range(1, 9):
+        assert f"C{n} " in text

@@ -154,3 +154,25 @@ def test_outputs_get_the_umask_mode(tmp_path, mask):
     for p in paths:
         want = (0o777 if p.is_dir() else 0o666) & ~mask
         assert stat.S_IMODE(p.stat().st_mode) == want, (p, oct(p.stat().st_mode))
+
+
+@pytest.mark.parametrize("argv", [["config"], ["config", "verify"], ["config", "verify", "--quick"]])
+def test_config_prints_defaults_that_build_the_default_config(capsys, argv):
+    from sim.experiments.verify import VerifyConfig, quick_config
+    from sim.model.config import RunConfig
+
+    assert cli.main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    want = {1: RunConfig(), 2: VerifyConfig(), 3: quick_config()}[len(argv)]
+    assert type(want).from_dict(doc) == want
+    if len(argv) == 1:  # derived fields stay derived: changing d alone gives a valid config
+        doc["data"]["d"] = 32
+        assert RunConfig.from_dict(doc).data.D == 32
+
+
+def test_train_help_lists_the_config_fields(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    for field in ("d=256", "k=4.0", "beta=0.1", "steps=300", "snapshot_every=0", "python -m sim config"):
+        assert field in out
