@@ -23,12 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from sim import attacks
 from sim.common.files import atomic_write_bytes, atomic_write_json
 from sim.common.meta import code_version
 from sim.common.norms import check_norm
+from sim.common.progress import progress
 from sim.common.validation import _check_int, _check_real, _fail
 from sim.model.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
@@ -178,7 +177,7 @@ def run_options(a: OptionsRun, command: str) -> dict:
             prev = old.get("commands", [f"{old.get('command')} (commit {old.get('commit')})"])
             doc["commands"] = prev + [f"{doc['command']} (commit {commit})"]
     doc.setdefault("commands", [f"{doc['command']} (commit {commit})"])
-    for name, cfg in tqdm(cfgs.items(), desc="data options", disable=a.quiet):
+    for name, cfg in progress(cfgs.items(), desc="data options", quiet=a.quiet, total=len(cfgs)):
         if name in doc["results"]:
             continue
         doc["results"][name] = run_option(cfg, a.tau, a.norm, a)
