@@ -8,6 +8,7 @@ allowed range, before any work is done.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 
 from sim.common.validation import ConfigError, _check_choice, _check_int, _check_real, _fail  # noqa: F401 - re-exported
@@ -49,8 +50,10 @@ class DataConfig(_Frozen):
 
     d: input dimension. D: number of atoms (None -> d). dictionary: 'orthogonal'
     (Haar-random, D = d), 'identity' (D = d) or 'overcomplete' (D > d unit-norm
-    Gaussian atoms). k: expected number of active atoms (each z_j is active with
-    probability k/D). magnitude: 'pm1' (|z_j| = 1) or 'uniform' (|z_j| ~ U[a_min, 1]).
+    Gaussian atoms). k: number of active atoms; sparsity [ours]: 'bernoulli' (each z_j is
+    active with probability k/D, so the count is about Poisson(k)) or 'exact' (every
+    sample has exactly n_active() = round(k) atoms, halves rounded up, drawn without
+    replacement). magnitude: 'pm1' (|z_j| = 1) or 'uniform' (|z_j| ~ U[a_min, 1]).
     noise: total noise norm sigma*sqrt(d). margin: samples with |<w*, z>| < margin
     are redrawn (None -> 1 for pm1, a_min for uniform). seed: root of the
     SeedSequence from which dictionary, w*, train, test and init streams are spawned.
@@ -60,6 +63,7 @@ class DataConfig(_Frozen):
     D: int | None = None
     dictionary: str = "orthogonal"
     k: float = 4.0
+    sparsity: str = "bernoulli"
     magnitude: str = "pm1"
     a_min: float = 0.5
     noise: float = 0.05
@@ -79,6 +83,9 @@ class DataConfig(_Frozen):
         if self.dictionary == "overcomplete" and self.D <= self.d:
             _fail("D", self.D, f"D > d (= {self.d}) for dictionary='overcomplete'")
         _check_real("k", self.k, lo=0, hi=self.D, lo_open=True)
+        _check_choice("sparsity", self.sparsity, ("bernoulli", "exact"))
+        if self.sparsity == "exact" and self.n_active() < 1:
+            _fail("k", self.k, "values >= 0.5 for sparsity='exact' (round(k) >= 1 active atoms)")
         _check_choice("magnitude", self.magnitude, ("pm1", "uniform"))
         _check_real("a_min", self.a_min, lo=0, hi=1, lo_open=True)
         _check_real("noise", self.noise, lo=0)
@@ -88,6 +95,10 @@ class DataConfig(_Frozen):
         _check_int("n_train", self.n_train, lo=1)
         _check_int("n_test", self.n_test, lo=1)
         _check_int("seed", self.seed, lo=0)
+
+    def n_active(self) -> int:
+        """The number of active atoms of every sample under sparsity='exact': round(k), halves up."""
+        return int(math.floor(self.k + 0.5))
 
 
 @dataclass(frozen=True)

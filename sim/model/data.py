@@ -91,6 +91,9 @@ class Problem:
     def sample_codes(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
         """n codes z with |<w*, z>| >= margin, by rejection; returns (z, acceptance rate).
 
+        The active atoms: each independently with probability k/D (sparsity='bernoulli')
+        or exactly round(k) of them, uniform without replacement (sparsity='exact').
+
         Draws proceed in blocks whose size depends only on n and the running
         acceptance estimate, so the result is a pure function of (config, rng state).
         """
@@ -100,7 +103,15 @@ class Problem:
         rate = 1.0
         while n_kept < n:
             block = int(min(max(2 * (n - n_kept) / max(rate, 1e-3), 64), 10_000_000 // cfg.D + 1))
-            active = rng.random((block, cfg.D)) < p
+            if cfg.sparsity == "exact":
+                # round(k) atoms per sample, uniform without replacement: the round(k)
+                # smallest of D i.i.d. uniforms index a uniformly random subset
+                u = rng.random((block, cfg.D))
+                idx = np.argpartition(u, cfg.n_active() - 1, axis=1)[:, :cfg.n_active()]
+                active = np.zeros((block, cfg.D), dtype=bool)
+                np.put_along_axis(active, idx, True, axis=1)
+            else:
+                active = rng.random((block, cfg.D)) < p
             signs = np.where(rng.random((block, cfg.D)) < 0.5, -1.0, 1.0)
             if cfg.magnitude == "pm1":
                 mag = np.ones((block, cfg.D))

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
-from sim.model.config import DataConfig
+from sim.model.config import ConfigError, DataConfig
 from sim.model.data import Problem
 
 
@@ -89,3 +89,37 @@ def test_impossible_margin_is_reported():
     cfg = DataConfig(d=8, k=0.01, margin=5.0, n_train=10, n_test=10)
     with pytest.raises(RuntimeError, match="margin"):
         Problem.from_config(cfg).train_set()
+
+
+@pytest.mark.parametrize("k,expected_rate", [(3.0, 1.0), (2.6, 1.0), (4.0, 1 - 6 / 16), (2.0, 0.5)])
+def test_exact_sparsity(k, expected_rate):
+    """sparsity='exact': every sample has exactly round(k) atoms, reproducibly, and the
+    margin redraw still applies. With pm1 codes, <w*, z> is a sum of round(k) random signs:
+    odd counts never reach 0 (nothing redrawn at margin 1), even counts reach 0 with
+    probability C(k, k/2) / 2^k, which sets the acceptance rate."""
+    cfg = DataConfig(d=64, k=k, sparsity="exact", n_train=4000, n_test=10, seed=3)
+    p = Problem.from_config(cfg)
+    s = p.train_set()
+    n_act = int(np.floor(k + 0.5))
+    assert cfg.n_active() == n_act
+    np.testing.assert_array_equal(np.count_nonzero(s.z, axis=1), n_act)
+    score = s.z @ p.wstar
+    assert np.all(np.abs(score) >= 1)
+    np.testing.assert_array_equal(s.y, np.sign(score))
+    assert abs(s.acceptance_rate - expected_rate) < 0.03
+    # every atom is used about equally often (uniform without replacement)
+    use = np.count_nonzero(s.z, axis=0) / (4000 * n_act / 64)
+    assert use.min() > 0.6 and use.max() < 1.4
+    np.testing.assert_array_equal(s.x, Problem.from_config(cfg).train_set().x)
+    # a larger margin redraws the rest: k = 5 exact keeps |<w*, z>| in {3, 5}
+    s5 = Problem.from_config(cfg.replace(k=5.0, margin=3.0)).train_set()
+    assert set(np.unique(np.abs(s5.z @ p.wstar))) == {3.0, 5.0}
+    assert abs(s5.acceptance_rate - 12 / 32) < 0.03
+
+
+def test_sparsity_is_validated():
+    with pytest.raises(ConfigError, match="sparsity"):
+        DataConfig(sparsity="poisson")
+    with pytest.raises(ConfigError, match="k="):
+        DataConfig(k=0.4, sparsity="exact")
+    assert DataConfig().sparsity == "bernoulli"
