@@ -150,3 +150,53 @@ def dictionary_picture(C0: np.ndarray, Ca: np.ndarray, n_neurons: int = 48, n_at
         A = np.abs(C[order][:, atoms])
         out[name] = (A / np.maximum(np.abs(C[order]).max(axis=1, keepdims=True), 1e-300)).astype(np.float32)
     return out
+
+
+def by_margin(ok, classes) -> dict:
+    """Accuracy per margin class (sim.model.data.margin_classes): {"1": {"acc", "n"}, "2": ...,
+    ">=3": ...}; acc is None for an empty class. ok: bool per point (robust, certified, ...)."""
+    from .model.data import MARGIN_CLASSES
+
+    ok = np.asarray(ok, bool)
+    classes = np.asarray(classes)
+    out = {}
+    for i, name in enumerate(MARGIN_CLASSES):
+        sel = classes == i
+        n = int(sel.sum())
+        out[name] = {"acc": float(np.mean(ok[sel])) if n else None, "n": n}
+    return out
+
+
+def principal_share(W, M) -> np.ndarray:
+    """Per neuron, max_j |c_ij| / |c_i| (c_i = M^T w_i): the norm share of the largest atom
+    (1 for a neuron that is one atom; about 1 / sqrt(D) for a dense one)."""
+    C = coefficients(W, M)
+    n = np.linalg.norm(C, axis=1)
+    return np.where(n > 0, np.max(np.abs(C), axis=1) / np.where(n > 0, n, 1.0), 0.0)
+
+
+def readable_purification(W_clean, W_adv, M, threshold=0.5, learned_fraction=0.1) -> dict:
+    """C4 made readable (issue 12), over the neurons learned in the clean network:
+
+    - principal_kept_share: the share whose principal (largest) atom is the same before and
+      after adversarial training (the per-neuron split w_i = beta_i w'_i + v_i is only
+      meaningful for those: a neuron that changed atom was rebuilt, not purified);
+    - purified_share_kept: the split's purified share among them (None if there are none);
+    - clean_top_atom_share_median: the median over the clean neurons of max_j |c_ij| / |w_i|
+      (the norm share of the largest atom; principal_share), and
+      clean_principal_norm_share_median: the median of |principal part| / |w_i| (the
+      principal part at `threshold`, as C2): feature-dominated clean training has both near
+      1, dense-dominated clean training far below.
+    """
+    keep = learned(W_clean, learned_fraction)
+    Cc, Ca = coefficients(W_clean, M), coefficients(W_adv, M)
+    same = np.argmax(np.abs(Cc), axis=1) == np.argmax(np.abs(Ca), axis=1)
+    pur = purification(W_clean, W_adv)["purified"]
+    sel = keep & same
+    P = principal_mask(Cc, threshold)
+    nc = np.linalg.norm(Cc, axis=1)
+    pshare = np.where(nc > 0, np.linalg.norm(np.where(P, Cc, 0.0), axis=1) / np.where(nc > 0, nc, 1.0), 0.0)
+    return {"principal_kept_share": float(np.mean(same[keep])) if keep.any() else 0.0,
+            "purified_share_kept": float(np.mean(pur[sel])) if sel.any() else None,
+            "clean_top_atom_share_median": float(np.median(principal_share(W_clean, M)[keep])) if keep.any() else 0.0,
+            "clean_principal_norm_share_median": float(np.median(pshare[keep])) if keep.any() else 0.0}

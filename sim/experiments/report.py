@@ -52,6 +52,77 @@ def figure_trace(doc, path):
     _save(fig, path)
 
 
+def figure_convergence(doc, path):
+    """The plateau criterion's curves: held-out light robust accuracy against the step, for the
+    adversarial and the random-noise control run of each threat model (and the clean
+    training's accuracy curve); a run that hit its cap is marked 'not converged'."""
+    tms = doc["results"]["threat_models"]
+    fig, axes = plt.subplots(1, len(tms) + 1, figsize=(4.6 * (len(tms) + 1), 3.6), squeeze=False)
+    ct = doc["results"]["clean"].get("training")
+    ax = axes[0][0]
+    if ct:
+        ax.plot([q["step"] for q in ct["curve"]], [q["value"] for q in ct["curve"]], "o-", ms=3)
+        ax.set(title="clean training" + ("" if ct["converged"] else " (NOT converged)"), xlabel="step",
+               ylabel="clean accuracy (plateau measure)")
+    for ax, (norm, tm) in zip(axes[0][1:], tms.items()):
+        for key, label in (("adv_training", "adversarial"), ("control_training", "random-noise control")):
+            rec = tm.get(key)
+            if not rec:
+                continue
+            lab = f"{label}: {rec['steps']} steps" + ("" if rec["converged"] else ", NOT converged")
+            ax.plot([q["step"] for q in rec["curve"]], [q["value"] for q in rec["curve"]], "o-", ms=3, label=lab)
+        ax.set(xlabel="step", ylabel="held-out robust acc (FGM, dense)", ylim=(-0.02, 1.02),
+               title=f"{norm} tau={tm['tau']:g}: training curves")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _acc(v):
+    return "-" if v is None else f"{v:.3f}"
+
+
+def margin_table(tm) -> list[str]:
+    """Robust accuracy by margin class |<w*, z>| (attacked; certified where computed)."""
+    keys = (("clean_net", "clean training"), ("adv_net", "adversarial training"),
+            ("random_control_net", "random-noise control"), ("ideal_net", "ideal purified network (from M, w*)"))
+    first = tm["adv_net"]["by_margin"]["attacked"]
+    names = list(first)
+    lines = ["| network | " + " | ".join(f"margin {c} (n={first[c]['n']}) [certified, attacked]" for c in names) + " |",
+             "| --- |" + " --- |" * len(names)]
+    for key, label in keys:
+        if key not in tm:
+            continue
+        bm = tm[key]["by_margin"]
+        cells = []
+        for c in names:
+            att = bm["attacked"][c]["acc"]
+            cells.append(f"[{_acc(bm['certified'][c]['acc'])}, {_acc(att)}]" if "certified" in bm else _acc(att))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _convergence_line(name, rec) -> str:
+    if rec is None:
+        return ""
+    if rec["converged"]:
+        return f"{name}: converged after {rec['steps']} steps ({rec['criterion']})."
+    return (f"**{name}: NOT CONVERGED**: stopped at the cap of {rec['steps']} steps with the curve still moving "
+            f"({rec['criterion']}); its numbers are not the end point of training.")
+
+
+def _c4_lines(pur) -> list[str]:
+    if "principal_kept_share" not in pur:
+        return []
+    kept = pur["purified_share_kept"]
+    return [f"C4 read per neuron: the split w_i = beta_i w'_i + v_i holds for {100 * pur['purified_share']:.1f} % of the "
+            f"learned neurons; {100 * pur['principal_kept_share']:.1f} % keep their principal atom through adversarial "
+            f"training, and among those the split holds for "
+            + ("- (none)" if kept is None else f"{100 * kept:.1f} %")
+            + f". Clean neurons: median share of the largest atom in the norm, max_j |c_ij| / |w_i|, "
+            f"{pur['clean_top_atom_share_median']:.3f}; median |principal part| / |w_i| "
+            f"{pur['clean_principal_norm_share_median']:.3f} (feature-dominated clean training has both near 1).", ""]
+
+
 def figure_weights(clean, W_adv, path, threshold=0.5, n_neurons=48, n_atoms=64):
     """|c_ij| for neurons (rows) sorted by principal atom, atoms (columns), before and after: the
     atoms shown include each shown neuron's principal atom (sim.measures.dictionary_picture)."""
@@ -105,6 +176,7 @@ def write_report(doc, clean, out: Path):
     figs = out / "figures"
     figure_robust_curves(doc, figs / "robust_vs_radius.png")
     figure_trace(doc, figs / "measures_along_training.png")
+    figure_convergence(doc, figs / "convergence.png")
     first = next(iter(doc["results"]["threat_models"]))
     with np.load(out / f"weights_{first}.npz") as z:
         figure_weights(clean, z["W_adv"], figs / "weights_dictionary_basis.png")
@@ -113,23 +185,41 @@ def write_report(doc, clean, out: Path):
              f"Data: d={cfg['run']['data']['d']}, k={cfg['run']['data']['k']}, {cfg['run']['data']['dictionary']} "
              f"dictionary, N={cfg['run']['data']['n_train']}; network m={clean.net.width}, "
              f"bias {cfg['run']['model']['bias']} (beta={cfg['run']['model']['beta']}); adversarial training "
-             f"{cfg['adv_kind']} ({cfg['adv_mode']}, {cfg['adv_steps']} steps, lr {cfg['adv_lr']}).", "",
+             f"{cfg['adv_kind']} ({cfg['adv_mode']}, batch {cfg['adv_batch']}, lr {cfg['adv_lr']} with "
+             f"{cfg['adv_warmup']} warm-up steps, until the plateau criterion holds, cap {cfg['adv_steps']} steps).", "",
              "## Claims", "", "The model and the claims C1-C8 (what each id measures, which choices are the paper's and "
              "which are ours): [docs/MODEL.md](" + model_doc_link(out) + ") in the repository.", "",
              claims_table(doc["claims"]), ""]
     holds = sum(c["holds"] for c in doc["claims"])
     lines += [f"{holds} of {len(doc['claims'])} claims hold.", ""]
+    res = doc["results"]
+    if res["clean"].get("training"):
+        lines += [_convergence_line("Clean training", res["clean"]["training"]), ""]
+    if "margin_classes" in res:
+        lines += ["Margin classes |<w*, z>| of the evaluated test points: "
+                  + ", ".join(f"{k}: {v}" for k, v in res["margin_classes"].items())
+                  + f". The ideal purified network (sim.model.network.ideal_network, beta {res['ideal_net']['beta']:g})"
+                  " holds a margin-1 point with a active atoms up to (1 - beta) / sqrt(a) in l2"
+                  + (f" (= {res['ideal_net']['radius_margin1_median_atoms']:.3f} at the median a)"
+                     if res["ideal_net"].get("radius_margin1_median_atoms") is not None else "") + ".", ""]
     for norm, tm in doc["results"]["threat_models"].items():
-        lines += [f"## {norm}, tau = {tm['tau']:g}", "",
-                  "| network | clean acc | robust acc [certified, best attack] | per attack |", "| --- | --- | --- | --- |"]
+        lines += [f"## {norm}, tau = {tm['tau']:g}", ""]
+        for key, name in (("adv_training", "Adversarial training"), ("control_training", "Random-noise control training")):
+            if key in tm:
+                lines += [_convergence_line(name, tm[key]), ""]
+        lines += ["| network | clean acc | robust acc [certified, best attack] | per attack |", "| --- | --- | --- | --- |"]
         for key, name in (("clean_net", "clean training"), ("adv_net", "adversarial training"),
-                          ("random_control_net", "random-noise control")):
+                          ("random_control_net", "random-noise control"), ("ideal_net", "ideal purified network")):
+            if key not in tm:
+                continue
             r = tm[key]
             per = ", ".join(f"{k} {v:.3f}" for k, v in r["per_attack"].items())
             rob = f"{r['robust_acc']:.3f}"
             if "certified_acc" in r:
                 rob = f"[{r['certified_acc']:.3f}, {r['robust_acc']:.3f}]"
             lines.append(f"| {name} | {r['clean_acc']:.3f} | {rob} | {per} |")
+        if "by_margin" in tm["adv_net"]:
+            lines += ["", f"By margin class ({norm} tau = {tm['tau']:g}):", ""] + margin_table(tm)
         if "lower_bound" in tm:
             lines += ["", *c5_table(tm, norm, doc["config"]["adv_kind"])]
         for key, name in (("clean_net", "clean"), ("adv_net", "adversarially trained")):
@@ -143,12 +233,14 @@ def write_report(doc, clean, out: Path):
                 lines += ["", line + "."]
         lines += ["", f"Gradient-masking check: clean net: {tm['clean_net']['masking_note']}; "
                       f"adversarial net: {tm['adv_net']['masking_note']}.", "",
+                  *_c4_lines(tm["purification"]),
                   "Purification: " + ", ".join(f"{k} {_fmt(v)}" for k, v in tm["purification"].items()), "",
                   "Dense parts after adversarial training: " + ", ".join(f"{k} {_fmt(v)}" for k, v in tm["adv_dense"].items()),
                   ""]
     lines += ["Dense parts after clean training: " + ", ".join(f"{k} {_fmt(v)}" for k, v in doc["results"]["clean"]["dense"].items()),
               "", "## Figures", "", "![robust accuracy against radius](figures/robust_vs_radius.png)", "",
               "![measures along adversarial training](figures/measures_along_training.png)", "",
+              "![training curves and the plateau criterion](figures/convergence.png)", "",
               "![weights in the dictionary basis](figures/weights_dictionary_basis.png)", "",
               "## Timings (s)", "", ", ".join(f"{k} {v:.1f}" for k, v in doc["timings"].items()), ""]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode())

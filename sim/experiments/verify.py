@@ -24,8 +24,9 @@ from sim.common.meta import versions
 from sim.common.outdir import prepare_out_dir
 from sim.model.config import (_NESTED, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _check_choice,
                               _check_int, _check_real, _Frozen)
-from sim.model.network import TwoLayerNet
-from sim.train.adversarial import adversarial_training
+from sim.model.data import MARGIN_CLASSES, margin_classes
+from sim.model.network import TwoLayerNet, ideal_network, ideal_radius
+from sim.train.adversarial import run_adversarial
 from sim.train.clean import CleanRun, train_clean
 
 
@@ -35,7 +36,16 @@ class VerifyConfig(_Frozen):
 
     tau_l2, tau_linf: the radii of the two threat models. adv_*: adversarial training
     from the clean weights (kind 'fgm' is FGM in l2 and FGSM in l_inf; mode 'online'
-    draws fresh samples each step). n_eval: test points attacked. pgd_steps x
+    draws fresh samples each step), run until the plateau criterion of sim.train.plateau
+    holds: the robust accuracy of FGM + the dense attack on adv_holdout held-out test
+    points (test[n_eval : n_eval + adv_holdout], never attacked in the final evaluation)
+    moved by < adv_plateau_tol over the last quarter of the run, checked every
+    adv_check_every steps, from max(adv_min_steps, adv_beta_ramp) on, capped at adv_steps
+    (a capped run is reported as not converged); adv_plateau=False runs adv_steps steps
+    and judges the curve at the end. adv_warmup: linear learning-rate warm-up steps;
+    adv_lr_decay: inverse-time decay after it (0: none). control_steps: the cap of the
+    random-noise control run (None: adv_steps), which stops by the same criterion.
+    n_eval: test points attacked. pgd_steps x
     pgd_restarts: the PGD of the robust evaluation. radii: multiples of tau for the
     robust-accuracy-against-radius figure. principal_threshold: see sim.measures.
     lower_bound: run the C5 models (sim.lowerbound) at budget lower_bound_scale.
@@ -48,16 +58,24 @@ class VerifyConfig(_Frozen):
     """
 
     run: RunConfig = field(default_factory=lambda: RunConfig(
-        DataConfig(), ModelConfig(init_scale=4e-5), TrainConfig(lr=1.0, steps=300, snapshots=(0,))))
+        DataConfig(k=3.0, sparsity="exact"), ModelConfig(init_scale=4e-5, beta=0.1),
+        TrainConfig(lr=1.0, steps=300, snapshots=(0,))))
     norms: tuple = ("l2", "linf")
     tau_l2: float = 0.25
     tau_linf: float = 0.02
     adv_kind: str = "fgm"
-    adv_lr: float = 0.5
-    adv_steps: int = 300
+    adv_lr: float = 1.0
+    adv_steps: int = 1000
     adv_mode: str = "online"
     adv_batch: int = 6000
     adv_measure_every: int = 50
+    adv_warmup: int = 50
+    adv_lr_decay: float = 0.0
+    adv_plateau: bool = True
+    adv_check_every: int = 25
+    adv_min_steps: int = 200
+    adv_plateau_tol: float = 0.005
+    adv_holdout: int = 1000
     adv_beta: float | None = 0.2
     adv_beta_ramp: int = 100
     control_steps: int | None = None
@@ -87,6 +105,14 @@ class VerifyConfig(_Frozen):
         _check_choice("adv_mode", self.adv_mode, ("full_batch", "online"))
         _check_int("adv_batch", self.adv_batch, lo=1)
         _check_int("adv_measure_every", self.adv_measure_every, lo=1)
+        _check_int("adv_warmup", self.adv_warmup, lo=0)
+        _check_real("adv_lr_decay", self.adv_lr_decay, lo=0)
+        if not isinstance(self.adv_plateau, bool):
+            raise ConfigError(f"adv_plateau={self.adv_plateau!r} is invalid: allowed true or false")
+        _check_int("adv_check_every", self.adv_check_every, lo=1)
+        _check_int("adv_min_steps", self.adv_min_steps, lo=0)
+        _check_real("adv_plateau_tol", self.adv_plateau_tol, lo=0, lo_open=True)
+        _check_int("adv_holdout", self.adv_holdout, lo=1)
         if self.adv_beta is not None:
             _check_real("adv_beta", self.adv_beta, lo=0)
             if self.run.model.bias not in ("relative", "schedule"):
@@ -96,6 +122,10 @@ class VerifyConfig(_Frozen):
         if self.control_steps is not None:
             _check_int("control_steps", self.control_steps, lo=1)
         _check_int("n_eval", self.n_eval, lo=1, hi=self.run.data.n_test)
+        if self.run.data.n_test - self.n_eval < 100:
+            raise ConfigError(f"n_eval={self.n_eval!r} is invalid: allowed at most run.data.n_test - 100 "
+                              f"(= {self.run.data.n_test - 100}): the plateau criterion needs >= 100 held-out test"
+                              " points beyond the evaluated ones (adv_holdout)")
         _check_int("pgd_steps", self.pgd_steps, lo=1)
         _check_int("pgd_restarts", self.pgd_restarts, lo=1)
         _check_real("principal_threshold", self.principal_threshold, lo=0, hi=1, lo_open=True)
@@ -113,7 +143,8 @@ def quick_config() -> VerifyConfig:
     return VerifyConfig(
         run=RunConfig(DataConfig(d=64, k=2.0, n_train=2000, n_test=1000), ModelConfig(init_scale=1e-4),
                       TrainConfig(lr=1.0, steps=150, snapshots=(0,))),
-        tau_l2=0.3, tau_linf=0.04, adv_steps=100, adv_batch=2000, adv_measure_every=25, n_eval=300,
+        tau_l2=0.3, tau_linf=0.04, adv_steps=200, adv_batch=2000, adv_measure_every=20, adv_check_every=10,
+        adv_min_steps=60, adv_beta_ramp=50, adv_warmup=20, adv_holdout=500, n_eval=300,
         pgd_steps=20, pgd_restarts=2, radii=(0.5, 1.0, 1.5), lower_bound_scale=0.1)
 
 
@@ -125,19 +156,23 @@ def _robust(model, X, y, tau, norm, direction, vc: VerifyConfig, seed=0):
                                        pgd_restarts=vc.pgd_restarts, seed=seed)
 
 
-def _report_dict(rep: attacks.RobustReport) -> dict:
+def _report_dict(rep: attacks.RobustReport, classes) -> dict:
+    """A robust-accuracy entry; by_margin: the attacked (and, after _certify_into, the
+    certified) accuracy per margin class |<w*, z>| in {1, 2, >=3} with the counts."""
     return {"clean_acc": rep.clean_accuracy, "robust_acc": rep.robust_accuracy, "per_attack": rep.per_attack,
-            "masking_flag": rep.masking_flag, "masking_note": rep.masking_note}
+            "masking_flag": rep.masking_flag, "masking_note": rep.masking_note,
+            "by_margin": {"attacked": measures.by_margin(~rep.broken, classes)}}
 
 
-def _certify_into(entry: dict, net, X, y, tau, norm, rep, vc: VerifyConfig) -> None:
-    """Add certified_acc, the certificate's time and, for a gap > 10 points, the exact
-    verifier's diagnosis (bound loose or attack weak) to a robust-accuracy entry."""
+def _certify_into(entry: dict, net, X, y, tau, norm, rep, vc: VerifyConfig, classes) -> None:
+    """Add certified_acc (and its by_margin), the certificate's time and, for a gap > 10
+    points, the exact verifier's diagnosis (bound loose or attack weak) to a robust-accuracy entry."""
     from sim.certify import certify, certify_gap_diagnosis
 
     cert = certify(net, X, y, tau, norm, focus=~rep.broken)
     entry["_certified_mask"] = cert.certified  # for masks_{norm}.npz; not in verify.json
     entry["certified_acc"] = cert.certified_accuracy
+    entry["by_margin"]["certified"] = measures.by_margin(cert.certified, classes)
     entry["certify_seconds"] = cert.seconds
     entry["certified_but_attacked"] = int(np.sum(cert.certified & rep.broken))
     gap = rep.robust_accuracy - cert.certified_accuracy
@@ -222,8 +257,18 @@ def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False, *, resume: bool
     timings["clean_training"] = clean.seconds
     p, te = clean.problem, clean.test
     Xe, ye = te.x[:vc.n_eval], te.y[:vc.n_eval]
+    classes = margin_classes(te.z[:vc.n_eval], p.wstar)
+    ideal_beta = vc.adv_beta if vc.adv_beta is not None else clean.net.beta
+    ideal = ideal_network(p.M, p.wstar, ideal_beta, dtype=clean.net.W.dtype)
+    active = np.count_nonzero(te.z[:vc.n_eval], axis=1)
     results = {"clean": {"test_acc": clean.log.rows[-1]["test_acc"],
-                         "dense": measures.summarize_dense(clean.net, p.M, p.wstar, Xe, vc.principal_threshold)},
+                         "dense": measures.summarize_dense(clean.net, p.M, p.wstar, Xe, vc.principal_threshold),
+                         "training": clean.convergence},
+               "margin_classes": {name: int(np.sum(classes == i)) for i, name in enumerate(MARGIN_CLASSES)},
+               "ideal_net": {"beta": ideal_beta, "description": "one neuron per atom (w*_j M_j), relative bias beta "
+                             "(the adversarial bias), output weights +1: sim.model.network.ideal_network",
+                             "radius_margin1_median_atoms": ideal_radius(ideal_beta, int(np.median(active[classes == 0])))
+                             if np.any(classes == 0) else None},
                "threat_models": {}}
     claims: list[Claim] = []
     acc = results["clean"]["test_acc"]
@@ -236,23 +281,34 @@ def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False, *, resume: bool
         tm = {"tau": tau}
         t1 = time.perf_counter()
         rep_clean = _robust(clean.net, Xe, ye, tau, norm, p.bayes_direction, vc)
-        tm["clean_net"] = _report_dict(rep_clean)
-        adv, adv_log, trace = adversarial_training(clean, vc, norm, vc.adv_kind, vc.adv_steps, quiet)
+        tm["clean_net"] = _report_dict(rep_clean, classes)
+        t2 = time.perf_counter()
+        ar = run_adversarial(clean, vc, norm, vc.adv_kind, quiet)
+        timings[f"adv_training_{norm}"] = time.perf_counter() - t2
+        adv = ar.net
         rep_adv = _robust(adv, Xe, ye, tau, norm, p.bayes_direction, vc, seed=1)
-        tm["adv_net"] = _report_dict(rep_adv)
-        tm["adv_trace"] = trace
-        control, _, _ = adversarial_training(clean, vc, norm, "random", vc.control_steps or vc.adv_steps, quiet,
-                                             track=False)
+        tm["adv_net"] = _report_dict(rep_adv, classes)
+        tm["adv_training"] = ar.convergence
+        tm["adv_trace"] = ar.trace
+        t2 = time.perf_counter()
+        cr = run_adversarial(clean, vc, norm, "random", quiet, track=False, cap=vc.control_steps or vc.adv_steps)
+        timings[f"control_training_{norm}"] = time.perf_counter() - t2
+        control = cr.net
         rep_ctrl = _robust(control, Xe, ye, tau, norm, p.bayes_direction, vc, seed=2)
-        tm["random_control_net"] = _report_dict(rep_ctrl)
+        tm["random_control_net"] = _report_dict(rep_ctrl, classes)
+        tm["control_training"] = cr.convergence
+        rep_ideal = _robust(ideal, Xe, ye, tau, norm, p.bayes_direction, vc, seed=3)
+        tm["ideal_net"] = _report_dict(rep_ideal, classes)
         if vc.certify and clean.net.model.activation == "relu":
             t2 = time.perf_counter()
-            _certify_into(tm["clean_net"], clean.net, Xe, ye, tau, norm, rep_clean, vc)
-            _certify_into(tm["adv_net"], adv, Xe, ye, tau, norm, rep_adv, vc)
+            for key, net_, rep_ in (("clean_net", clean.net, rep_clean), ("adv_net", adv, rep_adv),
+                                    ("random_control_net", control, rep_ctrl), ("ideal_net", ideal, rep_ideal)):
+                _certify_into(tm[key], net_, Xe, ye, tau, norm, rep_, vc, classes)
             timings[f"certify_{norm}"] = time.perf_counter() - t2
         tm["adv_dense"] = measures.summarize_dense(adv, p.M, p.wstar, Xe, vc.principal_threshold)
         tm["purification"] = measures.summarize_purification(clean.net.W, adv.W, clean.W_init, p.M,
                                                              vc.principal_threshold)
+        tm["purification"].update(measures.readable_purification(clean.net.W, adv.W, p.M, vc.principal_threshold))
         tm["curve_clean"] = robust_curve(clean.net, clean, vc, norm)
         tm["curve_adv"] = robust_curve(adv, clean, vc, norm)
         timings[f"threat_{norm}"] = time.perf_counter() - t1

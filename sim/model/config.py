@@ -148,6 +148,12 @@ class TrainConfig(_Frozen):
     which W is saved (step 0 is the init); snapshot_every: also every so many steps
     (0: never). eval_every: steps between test-set
     evaluations in the metrics log. dtype: 'float32' or 'float64'.
+    warmup: linear learning-rate warm-up over the first `warmup` steps (0: none);
+    lr_decay: inverse-time decay lr / (1 + lr_decay (t - warmup)) after it (0: constant).
+    plateau_every: clean training stops early when its training accuracy has plateaued
+    (sim.train.plateau: moved by < plateau_tol over the last quarter, checked every
+    plateau_every steps, from plateau_min_steps on; steps is the cap); 0: a fixed-length
+    run (its curve is still judged by the criterion at the end, every eval_every steps).
     """
 
     lr: float = 1.0
@@ -158,6 +164,11 @@ class TrainConfig(_Frozen):
     snapshots: tuple = (0,)
     snapshot_every: int = 0
     eval_every: int = 25
+    warmup: int = 0
+    lr_decay: float = 0.0
+    plateau_every: int = 0
+    plateau_min_steps: int = 0
+    plateau_tol: float = 0.005
 
     def __post_init__(self):
         _check_real("lr", self.lr, lo=0, lo_open=True)
@@ -171,6 +182,11 @@ class TrainConfig(_Frozen):
         object.__setattr__(self, "snapshots", tuple(sorted(set(snaps))))
         _check_int("snapshot_every", self.snapshot_every, lo=0)
         _check_int("eval_every", self.eval_every, lo=1)
+        _check_int("warmup", self.warmup, lo=0)
+        _check_real("lr_decay", self.lr_decay, lo=0)
+        _check_int("plateau_every", self.plateau_every, lo=0)
+        _check_int("plateau_min_steps", self.plateau_min_steps, lo=0)
+        _check_real("plateau_tol", self.plateau_tol, lo=0, lo_open=True)
 
 
 @dataclass(frozen=True)

@@ -150,3 +150,16 @@ class Problem:
     def online_batch(self, step: int, n: int) -> Dataset:
         """The fresh batch of online step `step` (its own stream, so steps are independent)."""
         return self.sample(n, stream(self.cfg, STREAM_ONLINE, step))
+
+
+MARGIN_CLASSES = ("1", "2", ">=3")
+
+
+def margin_classes(z: np.ndarray, wstar: np.ndarray) -> np.ndarray:
+    """The margin class of each code: index into MARGIN_CLASSES of |<w*, z>| rounded to the
+    nearest integer (values below 1.5 in class "1", in [1.5, 2.5) in "2", the rest ">=3").
+    With pm1 codes |<w*, z>| is an integer and the classes are exact; a margin-1 point with
+    a active atoms is the one an ideal purified network holds least far (up to about
+    (1 - beta) / sqrt(a) in l2, sim.model.network.ideal_network)."""
+    s = np.abs(np.asarray(z, np.float64) @ np.asarray(wstar, np.float64))
+    return np.where(s < 1.5, 0, np.where(s < 2.5, 1, 2)).astype(np.int64)

@@ -274,3 +274,28 @@ class TwoLayerNet:
         U = self.preactivations(X)
         f, nnz = kernels.output_grad_stage_nnz(U, self.bias(), *self._act_args())
         return product_nn(U, self.W, nnz), f
+
+
+def ideal_network(M: np.ndarray, wstar: np.ndarray, beta: float, dtype=np.float64) -> TwoLayerNet:
+    """The ideal purified network built from the dictionary and w*: one neuron per atom,
+    w_j = w*_j M_j / |M_j| (the atom, oriented so that it votes for the label), relative bias
+    beta (b_j = beta: each neuron is the soft threshold of its atom's code), output weights
+    +1, so that f(M z) = (1 - beta) <w*, z> for pm1 codes without noise.
+
+    The reference of what a network of this form can reach. With an orthogonal M and no
+    noise, a perturbation of l2 norm tau moves y f by at most sqrt(a) tau through the a active
+    atoms (each neuron is 1-Lipschitz in its atom's coordinate), and an inactive atom only
+    counts beyond beta, which never pays while tau < 2 beta sqrt(a). So a point of margin
+    |<w*, z>| = g with a active atoms is held at least up to (1 - beta) g / sqrt(a), and a
+    margin-1 point exactly up to it (the perturbation -y tau / sqrt(a) sum_j w*_j M_j over its
+    atoms breaks it beyond) when 1 - beta < 2 beta a; ideal_radius gives the radius."""
+    A = np.asarray(M, np.float64)
+    W = (A / np.linalg.norm(A, axis=0)).T * np.asarray(wstar, np.float64)[:, None]
+    model = ModelConfig(m=W.shape[0], bias="relative", beta=float(beta))
+    return TwoLayerNet(np.ascontiguousarray(W, dtype=dtype), model, beta=float(beta))
+
+
+def ideal_radius(beta: float, active: int, margin: float = 1.0) -> float:
+    """The l2 radius up to which ideal_network holds a noiseless point with `active` atoms
+    and margin |<w*, z>| = margin (orthogonal M): (1 - beta) margin / sqrt(active)."""
+    return float((1.0 - beta) * margin / np.sqrt(active))

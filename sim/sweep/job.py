@@ -33,11 +33,23 @@ def run_cell(cfg: CellConfig) -> dict:
     and exact robust_acc at every radius; 'c5:MODEL_TRAINING@FN' rows of the lower-bound
     table. norm is the threat model ('' for the clean network's weight measures), tau the
     radius of the evaluation (0 for clean accuracy, None for weight measures).
+
+    Adversarial (and control) training is verify's: run until the plateau criterion holds
+    (sim.train.adversarial.run_adversarial); rows adv_steps / adv_converged (and
+    control_steps / control_converged), clean_net train_steps / train_converged, the curves
+    in the logs. By margin class |<w*, z>| in {1, 2, >=3}: robust_acc:m1 / :m2 / :m3+ and
+    certified_acc:m1 ... beside every robust_acc / certified_acc, and n_eval:m1 ... (the
+    counts, model 'eval_set'); ideal_net: the ideal purified network from M and w*
+    (sim.model.network.ideal_network at the adversarial bias), attacked and certified at
+    every radius; adv_net also carries the readable C4 measures
+    (sim.measures.readable_purification).
     """
     from sim import attacks, measures
     from sim.common.meta import versions
     from sim.train.clean import data_summary, train_clean
-    from sim.train.adversarial import adversarial_training
+    from sim.model.data import margin_classes
+    from sim.model.network import ideal_network
+    from sim.train.adversarial import run_adversarial
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     timings = {}
@@ -47,7 +59,19 @@ def run_cell(cfg: CellConfig) -> dict:
     train = clean.train if clean.train is not None else p.train_set()
     Xe, ye = te.x[:cfg.n_eval], te.y[:cfg.n_eval]
     direction = p.bayes_direction
-    rows = [_row("clean_net", "clean_acc", clean.log.rows[-1]["test_acc"], tau=0.0)]
+    classes = margin_classes(te.z[:cfg.n_eval], p.wstar)
+    tags = ("m1", "m2", "m3+")
+    rows = [_row("clean_net", "clean_acc", clean.log.rows[-1]["test_acc"], tau=0.0),
+            _row("clean_net", "train_steps", clean.convergence["steps"]),
+            _row("clean_net", "train_converged", clean.convergence["converged"])]
+    for i, tag in enumerate(tags):
+        rows.append(_row("eval_set", f"n_eval:{tag}", np.sum(classes == i)))
+
+    def per_margin(name, metric, ok, norm, t):
+        for i, tag in enumerate(tags):
+            sel = classes == i
+            if sel.any():
+                rows.append(_row(name, f"{metric}:{tag}", np.mean(ok[sel]), norm, t))
     for k, v in measures.summarize_dense(clean.net, p.M, p.wstar, Xe, cfg.principal_threshold).items():
         rows.append(_row("clean_net", k, v))
     logs = {"clean": clean.log.rows}
@@ -61,6 +85,7 @@ def run_cell(cfg: CellConfig) -> dict:
                                               pgd_restarts=cfg.pgd_restarts, random_draws=cfg.random_draws,
                                               seed=seed0 + j)
             rows.append(_row(name, "robust_acc", rep.robust_accuracy, norm, t))
+            per_margin(name, "robust_acc", ~rep.broken, norm, t)
             rows.append(_row(name, "masking_flag", rep.masking_flag, norm, t))
             for a, v in rep.per_attack.items():
                 rows.append(_row(name, f"attack:{a}", v, norm, t))
@@ -70,27 +95,41 @@ def run_cell(cfg: CellConfig) -> dict:
             for t, res in zip(taus, certify_radii(net, Xe, ye, taus, norm, cfg.certify_method,
                                                   steps=cfg.certify_steps)):
                 rows.append(_row(name, "certified_acc", res.certified_accuracy, norm, t))
+                per_margin(name, "certified_acc", res.certified, norm, t)
 
     for ni, norm in enumerate(cfg.norms):
         tau = cfg.tau(norm)
         taus = [r * tau for r in cfg.radii]
         t1 = time.perf_counter()
-        adv, adv_log, _ = adversarial_training(clean, cfg, norm, cfg.adv_kind, cfg.adv_steps, True, track=False)
+        ar = run_adversarial(clean, cfg, norm, cfg.adv_kind, True, track=False)
+        adv = ar.net
         timings[f"adv_training_{norm}"] = time.perf_counter() - t1
-        logs[f"adv_{norm}"] = adv_log.rows
+        logs[f"adv_{norm}"] = ar.log.rows
+        logs[f"adv_curve_{norm}"] = ar.convergence
+        rows.append(_row("adv_net", "adv_steps", ar.convergence["steps"], norm))
+        rows.append(_row("adv_net", "adv_converged", ar.convergence["converged"], norm))
         t1 = time.perf_counter()
         rows.append(_row("adv_net", "clean_acc", adv.accuracy(te.x, te.y), norm, 0.0))
         curve(clean.net, "clean_net", norm, taus, 1000 * ni)
         curve(adv, "adv_net", norm, taus, 1000 * ni + 100)
+        ideal = ideal_network(p.M, p.wstar, cfg.adv_beta if cfg.adv_beta is not None else clean.net.beta,
+                              dtype=clean.net.W.dtype)
+        curve(ideal, "ideal_net", norm, taus, 1000 * ni + 300)
         timings[f"attacks_{norm}"] = time.perf_counter() - t1
         for k, v in measures.summarize_dense(adv, p.M, p.wstar, Xe, cfg.principal_threshold).items():
             rows.append(_row("adv_net", k, v, norm))
         for k, v in measures.summarize_purification(clean.net.W, adv.W, clean.W_init, p.M,
                                                     cfg.principal_threshold).items():
             rows.append(_row("adv_net", k, v, norm))
+        for k, v in measures.readable_purification(clean.net.W, adv.W, p.M, cfg.principal_threshold).items():
+            if v is not None:
+                rows.append(_row("adv_net", k, v, norm))
         if cfg.control:
-            ctrl, _, _ = adversarial_training(clean, cfg, norm, "random", cfg.control_steps or cfg.adv_steps, True,
-                                              track=False)
+            cr = run_adversarial(clean, cfg, norm, "random", True, track=False, cap=cfg.control_steps or cfg.adv_steps)
+            ctrl = cr.net
+            logs[f"control_curve_{norm}"] = cr.convergence
+            rows.append(_row("control_net", "control_steps", cr.convergence["steps"], norm))
+            rows.append(_row("control_net", "control_converged", cr.convergence["converged"], norm))
             rows.append(_row("control_net", "clean_acc", ctrl.accuracy(te.x, te.y), norm, 0.0))
             curve(ctrl, "control_net", norm, [tau], 1000 * ni + 200)
         if cfg.linear_models:

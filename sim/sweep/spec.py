@@ -18,7 +18,7 @@ from sim.common.overrides import flatten, set_path
 from sim.experiments.verify import VerifyConfig
 from sim.model.config import _NESTED, ConfigError, RunConfig, _check_choice, _check_int, _check_real
 
-CELL_SCHEMA = "sim.sweep.cell/1"  # part of every hash: bump when run_cell's rows change meaning
+CELL_SCHEMA = "sim.sweep.cell/2"  # part of every hash: bump when run_cell's rows change meaning
 CERTIFY_METHODS = ("interval", "linear", "dual", "best")
 LINEAR_MODELS = ("linear_clean", "linear_best_robust", "linear_bayes")
 

@@ -1,9 +1,13 @@
 """Adversarial training from the clean-trained weights [paper]: gradient descent on
 points perturbed at each step by FGM, FGM with a random start (FGSM-RS style), PGD, or
 random noise of the same radius (a control that must not give robustness).
-Perturb/make_perturb give the perturbation, adversarial_training runs it from a clean run
-(as verify, scaling and the sweep job do)."""
+Perturb/make_perturb give the perturbation, run_adversarial runs it from a clean run until
+a plateau criterion holds (as verify, scaling and the sweep job do; adversarial_training is
+its tuple form)."""
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -12,6 +16,7 @@ from sim.model.config import TrainConfig
 from sim.model.data import STREAM_ATTACK, stream
 
 from .loop import gradient_descent
+from .plateau import Plateau
 from .rundir import MetricsLog
 
 KINDS = ("fgm", "fgm_rs", "pgd", "random")
@@ -74,38 +79,95 @@ def make_perturb(kind: str, tau: float, norm: str, data_cfg, pgd_steps: int = 10
     return Perturb(kind, tau, norm, data_cfg, pgd_steps, fused, rs_step)
 
 
-def adversarial_training(clean, vc, norm: str, kind: str, steps: int, quiet: bool, track: bool = True):
-    """Train a copy of the clean net (a sim.train.clean.CleanRun) on perturbed points; returns
-    (net, log, trace). vc: a sim.experiments.verify.VerifyConfig (its tau(norm), adv_* fields and
-    principal_threshold are read).
+def light_robust_accuracy(net, X, y, tau: float, norm: str, direction) -> float:
+    """The cheap robust accuracy of the plateau criterion: the share of points that are
+    classified correctly and that neither FGM (FGSM in l_inf) nor the dense attack along
+    `direction` breaks."""
+    ok = y * net.forward(X) > 0
+    ok &= ~attacks.fgm(net, X, y, tau, norm).success
+    ok &= ~attacks.dense(net, X, y, tau, direction, norm).success
+    return float(np.mean(ok))
 
-    trace: the purification measures and a light robust accuracy (FGM + dense) every
-    adv_measure_every steps, on a subsample of the test set.
+
+def holdout_slice(vc, n_test: int) -> slice:
+    """The held-out test points of the plateau criterion: test[n_eval : n_eval + adv_holdout]
+    (fewer where the test set ends first), never among the n_eval points of the final evaluation."""
+    return slice(vc.n_eval, min(n_test, vc.n_eval + vc.adv_holdout))
+
+
+@dataclass
+class AdvRun:
+    """An adversarial training run: the net, its metrics log, the purification trace and the
+    convergence record {"steps", "converged", "stopped_early", "curve", "criterion"}."""
+
+    net: object
+    log: MetricsLog
+    trace: list
+    convergence: dict
+
+
+def run_adversarial(clean, vc, norm: str, kind: str, quiet: bool = True, track: bool = True,
+                    cap: int | None = None) -> AdvRun:
+    """Train a copy of the clean net (a sim.train.clean.CleanRun) on perturbed points until the
+    plateau criterion (sim.train.plateau) holds or the cap (vc.adv_steps, or `cap`) is hit.
+
+    vc: a sim.experiments.verify.VerifyConfig (its tau(norm), adv_* fields, n_eval and
+    principal_threshold are read). The criterion's measure is light_robust_accuracy at the
+    training radius on the held-out points holdout_slice(vc), checked every adv_check_every
+    steps; stopping is allowed from max(adv_min_steps, adv_beta_ramp) on (the bias schedule
+    done); adv_plateau=False runs to the cap and judges the curve at its end. The learning
+    rate warms up linearly over adv_warmup steps and decays as 1 / (1 + adv_lr_decay t).
+
+    trace (track=True): the purification measures and the held-out light robust accuracy
+    every adv_measure_every steps and at the end.
     """
     p, te = clean.problem, clean.test
     tau = vc.tau(norm)
+    cap = vc.adv_steps if cap is None else cap
     net = clean.net.copy()
     if vc.adv_beta is not None:
         net.model = net.model.replace(bias="schedule", beta=net.beta, beta_end=vc.adv_beta,
                                       ramp_steps=vc.adv_beta_ramp)
-    tcfg = TrainConfig(lr=vc.adv_lr, steps=steps, mode=vc.adv_mode, batch_size=vc.adv_batch,
-                       dtype=clean.cfg.train.dtype, eval_every=max(1, steps // 10))
+    tcfg = TrainConfig(lr=vc.adv_lr, steps=cap, mode=vc.adv_mode, batch_size=vc.adv_batch,
+                       dtype=clean.cfg.train.dtype, eval_every=max(1, cap // 10), warmup=vc.adv_warmup,
+                       lr_decay=vc.adv_lr_decay)
     trace = []
-    Xs, ys = te.x[:300], te.y[:300]
+    Xs = te.x[:300]
+    hold = holdout_slice(vc, len(te.y))
+    Xh, yh = te.x[hold], te.y[hold]
+    min_steps = max(vc.adv_min_steps, vc.adv_beta_ramp if vc.adv_beta is not None else 0)
+    plateau = Plateau(f"robust accuracy (FGM + dense, {norm} tau={tau:g}) on {len(yh)} held-out test points",
+                      vc.adv_check_every, min(min_steps, cap), cap, vc.adv_plateau_tol, enabled=vc.adv_plateau)
 
-    def on_snapshot(step, n):
-        if not track:
-            return
+    def measure(step, n, light):
         dm = measures.summarize_dense(n, p.M, p.wstar, Xs, vc.principal_threshold)
         pm = measures.summarize_purification(clean.net.W, n.W, clean.W_init, p.M, vc.principal_threshold)
-        light = min(attacks.fgm(n, Xs, ys, tau, norm).robust_accuracy,
-                    attacks.dense(n, Xs, ys, tau, p.bayes_direction, norm).robust_accuracy)
         trace.append({"step": step, "dense_cos_mean": dm["dense_cos_mean"], "dense_ratio_mean": dm["dense_ratio_mean"],
                       "purified_share": pm["purified_share"], "robust_acc_fgm_dense": light})
 
-    tcfg = tcfg.replace(snapshot_every=vc.adv_measure_every)
+    def on_check(step, n):
+        check = step % vc.adv_check_every == 0 or step == cap
+        tr = track and step % vc.adv_measure_every == 0
+        if not (check or tr):
+            return False
+        light = light_robust_accuracy(n, Xh, yh, tau, norm, p.bayes_direction)
+        if tr:
+            measure(step, n, light)
+        return plateau.update(step, light) if check else False
+
     log = MetricsLog(None)
     data = clean.train if vc.adv_mode == "full_batch" else None
     gradient_descent(net, p, data, te, tcfg, perturb=make_perturb(kind, tau, norm, clean.cfg.data), log=log,
-                     on_snapshot=on_snapshot, quiet=quiet, desc=f"{kind} training ({norm})")
-    return net, log, trace
+                     on_check=on_check, check_every=math.gcd(vc.adv_check_every, vc.adv_measure_every), quiet=quiet,
+                     desc=f"{kind} training ({norm})")
+    steps_run = net.steps_run
+    if track and (not trace or trace[-1]["step"] != steps_run):
+        measure(steps_run, net, plateau.values[-1])
+    return AdvRun(net, log, trace, plateau.record(steps_run))
+
+
+def adversarial_training(clean, vc, norm: str, kind: str, steps: int | None = None, quiet: bool = True,
+                         track: bool = True):
+    """run_adversarial as a tuple (net, log, trace); steps: the cap (None: vc.adv_steps)."""
+    r = run_adversarial(clean, vc, norm, kind, quiet, track, cap=steps)
+    return r.net, r.log, r.trace

@@ -24,6 +24,7 @@ from sim.model.data import Dataset, Problem
 from sim.model.network import TwoLayerNet
 
 from .loop import evaluate, gradient_descent
+from .plateau import Plateau
 from .rundir import MetricsLog, array_digest, read_jsonl
 
 
@@ -50,6 +51,7 @@ class CleanRun:
     snapshots: dict
     log: MetricsLog
     seconds: float
+    convergence: dict | None = None  # sim.train.plateau.Plateau.record: steps, converged, curve, criterion
 
 
 def data_summary(train: Dataset, test: Dataset) -> dict:
@@ -114,17 +116,31 @@ def train_clean(cfg: RunConfig, out: Path | None = None, quiet: bool = False, *,
         if out is not None:
             save_net(out / "snapshots" / f"step_{step:07d}.npz", n, step)
 
+    tc = cfg.train
+    # the plateau criterion on the clean accuracy of the training set (full batch; online
+    # mode: of the test set), checked every plateau_every steps (0: every eval_every steps,
+    # a fixed-length run judged at its end); a resumed run's curve starts where it resumed
+    plateau = Plateau("clean accuracy of the " + ("training set" if train is not None else "test set"),
+                      tc.plateau_every or tc.eval_every, tc.plateau_min_steps, tc.steps, tc.plateau_tol,
+                      enabled=tc.plateau_every > 0)
+    check_set = train if train is not None else test
+
+    def on_check(step, n):
+        return plateau.update(step, evaluate(n, check_set)["acc"])
+
     log = MetricsLog(out / "metrics.jsonl" if out is not None else None, keep=kept_rows)
     try:
         gradient_descent(net, problem, train, test, cfg.train, log=log, on_snapshot=on_snapshot,
-                         quiet=quiet, desc="clean training" + (f" (resumed at step {start})" if start else ""),
-                         start=start)
+                         on_check=on_check, check_every=plateau.every, quiet=quiet,
+                         desc="clean training" + (f" (resumed at step {start})" if start else ""), start=start)
     finally:
         log.close()
+    steps_run = net.steps_run
     seconds = time.perf_counter() - t0
     if out is not None:
-        save_net(out / "weights.npz", net, cfg.train.steps)
+        save_net(out / "weights.npz", net, steps_run)
         final = evaluate(net, test)
         atomic_write_json(out / "summary.json", {"test_acc": final["acc"], "test_loss": final["loss"],
-                                                "seconds": seconds, "versions": versions()})
-    return CleanRun(cfg, problem, train, test, net, W_init, snapshots, log, seconds)
+                                                "seconds": seconds, "training": plateau.record(steps_run),
+                                                "versions": versions()})
+    return CleanRun(cfg, problem, train, test, net, W_init, snapshots, log, seconds, plateau.record(steps_run))

@@ -26,6 +26,14 @@ def beta_at(model, step: int) -> float:
     return float(model.beta + t * (model.beta_end - model.beta))
 
 
+def lr_at(tcfg: TrainConfig, step: int) -> float:
+    """The learning rate of update `step`: a linear warm-up from lr / warmup to lr over the
+    first `warmup` updates, then lr / (1 + lr_decay * (step - warmup)) (inverse-time decay;
+    lr_decay = 0: constant)."""
+    lr = tcfg.lr * min(1.0, (step + 1) / tcfg.warmup) if tcfg.warmup else tcfg.lr
+    return float(lr / (1.0 + tcfg.lr_decay * max(0, step - tcfg.warmup)))
+
+
 def evaluate(net: TwoLayerNet, data: Dataset) -> dict:
     """Clean loss and accuracy of net on a data set."""
     f = net.forward(data.x)
@@ -36,6 +44,7 @@ def evaluate(net: TwoLayerNet, data: Dataset) -> dict:
 def gradient_descent(net: TwoLayerNet, problem: Problem, train: Dataset | None, test: Dataset | None,
                      tcfg: TrainConfig, *, perturb: Perturb | None = None, log: MetricsLog | None = None,
                      on_snapshot: Callable[[int, TwoLayerNet], None] | None = None,
+                     on_check: Callable[[int, TwoLayerNet], bool] | None = None, check_every: int = 0,
                      quiet: bool = False, desc: str = "train", start: int = 0) -> TwoLayerNet:
     """Run tcfg.steps steps of gradient descent on net (in place) and return it.
 
@@ -46,6 +55,10 @@ def gradient_descent(net: TwoLayerNet, problem: Problem, train: Dataset | None, 
     the last step. start: the number of updates net has already had (resuming a run from
     its snapshot at that step: the steps before it are skipped, the rest are exactly those of
     an uninterrupted run, and the snapshot at `start` is not written again).
+    on_check(step, net) is called every check_every steps (before the update of that step)
+    and at the last step; when it returns True training stops there (a plateau criterion,
+    sim.train.plateau). The number of updates made is stored in `net.steps_run`. The
+    learning rate follows lr_at (warm-up, decay).
     """
     log = log if log is not None else MetricsLog(None)
     dtype = np.dtype(tcfg.dtype)
@@ -59,9 +72,14 @@ def gradient_descent(net: TwoLayerNet, problem: Problem, train: Dataset | None, 
     snaps = set(tcfg.snapshots)
     t0 = time.perf_counter()
     bar = progress(desc=desc, quiet=quiet, total=tcfg.steps, initial=start, leave=False, mininterval=0.5)
+    last = tcfg.steps
     for step in range(start, tcfg.steps + 1):
         if net.model.bias == "schedule":
             net.beta = beta_at(net.model, step)
+        if on_check is not None and check_every and (step % check_every == 0 or step == tcfg.steps):
+            if on_check(step, net) and step < tcfg.steps:
+                last = step
+                break
         if on_snapshot is not None and (step > start or start == 0) and (
                 step in snaps or (tcfg.snapshot_every and step % tcfg.snapshot_every == 0)):
             on_snapshot(step, net)
@@ -88,9 +106,11 @@ def gradient_descent(net: TwoLayerNet, problem: Problem, train: Dataset | None, 
         row.update(loss=loss, train_acc=float(np.mean(y * f > 0)),
                    grad_norm=float(np.sqrt(np.sum(gW.astype(np.float64) ** 2) + np.sum(gb ** 2))),
                    bias_mean=float(np.mean(net.bias())))
-        net.W -= dtype.type(tcfg.lr) * gW
+        lr = lr_at(tcfg, step)
+        row["lr"] = lr
+        net.W -= dtype.type(lr) * gW
         if net.model.bias == "trained":
-            net.b -= tcfg.lr * gb
+            net.b -= lr * gb
         if not (np.isfinite(net.W).all() and np.isfinite(net.b).all()):
             raise FloatingPointError(f"weights overflowed at step {step}: lower lr (now {tcfg.lr})")
         row["seconds"] = time.perf_counter() - t0
@@ -99,9 +119,10 @@ def gradient_descent(net: TwoLayerNet, problem: Problem, train: Dataset | None, 
     if test is not None:
         ev = evaluate(net, test)
         bar.set_postfix(test_acc=f"{ev['acc']:.4f}")
-        log.write({"step": tcfg.steps, "test_loss": ev["loss"], "test_acc": ev["acc"],
+        log.write({"step": last, "test_loss": ev["loss"], "test_acc": ev["acc"],
                    "seconds": time.perf_counter() - t0, "final": True})
     bar.close()
-    if on_snapshot is not None and tcfg.steps not in snaps:
-        on_snapshot(tcfg.steps, net)
+    if on_snapshot is not None and (last < tcfg.steps or tcfg.steps not in snaps):
+        on_snapshot(last, net)  # the final weights (a run stopped early: where it stopped)
+    net.steps_run = last
     return net

@@ -61,3 +61,26 @@ def test_dictionary_picture_shows_each_neurons_principal_atom():
     for row, i in enumerate(shown):  # each row peaks (value 1) at its own principal atom
         assert pic["clean"][row, col[principal[i]]] == pytest.approx(1.0)
     assert pic["clean"].shape == pic["adv"].shape == (24, 64) and pic["clean"].dtype == np.float32
+
+
+def test_readable_purification_on_constructed_weights():
+    """Four neurons in the identity dictionary: two keep their atom and are purified (the
+    dense part removed), one keeps its atom but is rebuilt, one switches atom; the readable
+    C4 numbers count them as such."""
+    from sim.measures import by_margin, principal_share, readable_purification
+
+    D = 8
+    M = np.eye(D)
+    dense = np.full(D, 0.1)
+    Wc = np.array([np.eye(D)[0] + dense, np.eye(D)[1] + dense, np.eye(D)[2] + dense, np.eye(D)[3] + dense])
+    Wa = np.array([np.eye(D)[0], 2 * np.eye(D)[1], np.eye(D)[2] - 3 * dense, np.eye(D)[5]])
+    r = readable_purification(Wc, Wa, M)
+    assert r["principal_kept_share"] == 0.75
+    assert r["purified_share_kept"] == pytest.approx(2 / 3)
+    top = principal_share(Wc, M)
+    np.testing.assert_allclose(top, 1.1 / np.sqrt(1.1 ** 2 + 7 * 0.01))
+    assert r["clean_top_atom_share_median"] == pytest.approx(top[0])
+    # principal part at threshold 0.5: the one large atom
+    assert r["clean_principal_norm_share_median"] == pytest.approx(top[0])
+    bm = by_margin(np.array([True, False, True, True]), np.array([0, 0, 2, 2]))
+    assert bm == {"1": {"acc": 0.5, "n": 2}, "2": {"acc": None, "n": 0}, ">=3": {"acc": 1.0, "n": 2}}

@@ -118,3 +118,42 @@ def test_verify_refuses_a_folder_holding_a_run(tiny_doc):
         run_verify(TINY, out, quiet=True)
     with pytest.raises(ConfigError, match="another config"):
         run_verify(TINY.replace(tau_l2=0.2), out, quiet=True, resume=True)
+
+
+def test_verify_records_convergence_and_margin_classes(tiny_doc):
+    """verify.json: adv_training / control_training per threat model and clean training's
+    record, by_margin (attacked and certified) beside every robust accuracy, the ideal
+    purified network, the readable C4 measures; the report shows them."""
+    doc, out = tiny_doc
+    res = json.loads((out / "verify.json").read_text())["results"]
+    assert set(res["clean"]["training"]) >= {"steps", "converged", "curve", "criterion"}
+    n_eval = TINY.n_eval
+    assert sum(res["margin_classes"].values()) == n_eval
+    for norm, tm in res["threat_models"].items():
+        for key in ("adv_training", "control_training"):
+            rec = tm[key]
+            assert set(rec) >= {"steps", "converged", "curve", "criterion"}
+            assert 1 <= rec["steps"] <= TINY.adv_steps and rec["curve"][-1]["step"] == rec["steps"]
+        for key in ("clean_net", "adv_net", "random_control_net", "ideal_net"):
+            bm = tm[key]["by_margin"]
+            assert set(bm) == {"attacked", "certified"}
+            for kind in ("attacked", "certified"):
+                assert sum(c["n"] for c in bm[kind].values()) == n_eval
+                # the classes' accuracies recombine into the overall one
+                total = sum(c["acc"] * c["n"] for c in bm[kind].values() if c["n"])
+                overall = tm[key]["robust_acc"] if kind == "attacked" else tm[key]["certified_acc"]
+                assert abs(total / n_eval - overall) < 1e-9
+        assert {"principal_kept_share", "purified_share_kept", "clean_top_atom_share_median"} <= set(tm["purification"])
+    report = (out / "report.md").read_text()
+    assert "By margin class" in report and "ideal purified network" in report and "C4 read per neuron" in report
+    assert "converged" in report.lower() or "NOT CONVERGED" in report
+    assert (out / "figures" / "convergence.png").stat().st_size > 1000
+
+
+def test_plateau_fields_are_validated():
+    with pytest.raises(ConfigError, match="adv_check_every"):
+        TINY.replace(adv_check_every=0)
+    with pytest.raises(ConfigError, match="adv_plateau_tol"):
+        TINY.replace(adv_plateau_tol=-0.1)
+    with pytest.raises(ConfigError, match="n_eval"):
+        TINY.replace(n_eval=350)
