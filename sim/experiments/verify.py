@@ -351,6 +351,10 @@ def threat_claims(norm, tau, tm, clean_dense, vc) -> list[Claim]:
     ratio = abs(clean_dense["dense_cos_mean"]) / max(abs(ad["dense_cos_mean"]), 1e-12)
     init_corr = max(pur["init_corr_clean"], pur["init_corr_adv"])
     kind = vc.adv_kind.upper()
+    rec = tm.get("adv_training")
+    if rec is not None:  # the claims table says how far training went, loudly when the cap was hit
+        kind += (f" ({rec['steps']} steps, converged)" if rec["converged"]
+                 else f" (NOT CONVERGED: cap of {rec['steps']} steps hit)")
     return [
         judge("C1-robust", sfx, f"clean network: robust accuracy at {tag} ({attack_set})", c["robust_acc"]),
         judge("C3-robust", sfx, f"{kind}-trained network: robust accuracy at {tag} ({attack_set})", a["robust_acc"]),
