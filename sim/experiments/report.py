@@ -106,8 +106,8 @@ def _convergence_line(name, rec) -> str:
         return ""
     if rec["converged"]:
         return f"{name}: converged after {rec['steps']} steps ({rec['criterion']})."
-    return (f"**{name}: NOT CONVERGED**: stopped at the cap of {rec['steps']} steps with the curve still moving "
-            f"({rec['criterion']}); its numbers are not the end point of training.")
+    return (f"**{name}: NOT CONVERGED**: it reached the cap of {rec['steps']} steps before its curve met the "
+            f"criterion ({rec['criterion']}); its numbers are not the end point of training.")
 
 
 def _c4_lines(pur) -> list[str]:
