@@ -94,7 +94,8 @@ def run_option(data: DataConfig, tau: float, norm: str, a: OptionsRun) -> dict:
     t0 = time.perf_counter()
     vc = VerifyConfig(run=RunConfig(data, ModelConfig(init_scale=4e-5), TrainConfig(lr=1.0, steps=a.clean_steps,
                                                                                   snapshots=(0,))),
-                      norms=(norm,), adv_steps=a.adv_steps, lower_bound=False, certify=False)
+                      norms=(norm,), adv_steps=a.adv_steps, lower_bound=False, certify=False,
+                      adv_lr=0.5, adv_warmup=0, adv_plateau=False)  # the fixed budget this table was run at
     clean = train_clean(vc.run, None, quiet=a.quiet)
     p, te = clean.problem, clean.test
     Xe, ye = te.x[:a.n_eval], te.y[:a.n_eval]
