@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--adv-mode", choices=("pgd", "fgsm"), default=None, help="adversarial training method (default: the preset's)")
     r.add_argument("--threads", type=_int_in("threads", 1), default=None, help="CPU threads for torch (default: the preset's; smoke uses 1)")
     r.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    r.add_argument("--overwrite", action="store_true",
+                   help="clear --out first when it holds an earlier run (without it such a folder is refused)")
     sub.add_parser("presets", help="list the presets", description="List the presets with what each runs.")
     pr = sub.add_parser("prepare", help="verify, decode and cache the data once",
                         description="Find the data, verify its checksum, decode the JPEG archive once and cache it.", epilog=DATA_ORDER)
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         from cifar.pipeline import run  # imports torch: seconds
 
         command = " ".join([PROG] + [shlex.quote(a) for a in argv])
-        report = run(preset, args.out, args.data, args.cache, args.device, args.quiet, args.seed, args.threads, command)
+        report = run(preset, args.out, args.data, args.cache, args.device, args.quiet, args.seed, args.threads, command,
+                     overwrite=args.overwrite)
         if args.quiet:
             print(f"{args.out}/report.md ({report['total_s']:.1f}s)")
         return 0

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from sim.common.files import atomic_save_npz, atomic_write_text, atomic_write_via
+from sim.common.outdir import prepare_out_dir
 from sim.common.validation import ConfigError  # bad parameters: one error type with sim
 
 from cifar import figures
@@ -75,8 +76,12 @@ def run(
     seed: int | None = None,
     threads: int | None = None,
     command: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Run the preset end to end; returns the report dict (also written to out/report.json).
+
+    ``out`` follows sim's rule for run folders (sim.common.outdir.prepare_out_dir): a folder
+    that holds another run is refused, naming it; ``overwrite`` clears a run folder first.
 
     Everything is checked, and the data loaded, before ``out`` is created. On the CPU, torch
     uses ``threads`` threads (default: the preset's ``cpu_threads``, else torch's default)
@@ -99,12 +104,13 @@ def run(
     if rt.device.type == "cpu" and threads:
         torch.set_num_threads(threads)
     try:
-        return _run(p, rt, out, data, cache, quiet, p.seed if seed is None else seed, command)
+        return _run(p, rt, out, data, cache, quiet, p.seed if seed is None else seed, command, overwrite)
     finally:
         torch.set_num_threads(old)
 
 
-def _run(p: Preset, rt: Runtime, out: Path, data, cache, quiet: bool, seed: int, command: str | None) -> dict:
+def _run(p: Preset, rt: Runtime, out: Path, data, cache, quiet: bool, seed: int, command: str | None,
+         overwrite: bool = False) -> dict:
     t_start = time.perf_counter()
     timer = StageTimer(rt)
     progress = not quiet
@@ -122,7 +128,9 @@ def _run(p: Preset, rt: Runtime, out: Path, data, cache, quiet: bool, seed: int,
         xte = torch.from_numpy(ds.test_x).to(rt.device)
         yte = torch.from_numpy(ds.test_y).to(rt.device)
     log(f"data: {ds.source} {ds.path} ({len(ytr)} train / {len(yte)} test, checksum verified: {ds.verified})")
-    out.mkdir(parents=True, exist_ok=True)  # only now: bad data or settings leave nothing behind
+    # only now: bad data or settings leave nothing behind; a folder of another run is refused
+    prepare_out_dir(out, "cifar run", {"preset": asdict(p), "seed": seed}, overwrite=overwrite,
+                    run_files=("report.json", "report.md", "checkpoints"))
 
     ckpt = out / "checkpoints"
     models: dict[str, torch.nn.Module] = {}

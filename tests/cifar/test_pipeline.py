@@ -9,6 +9,7 @@ import torch
 from cifar.cli import main
 from cifar.pipeline import PRESETS, get_preset, run
 from cifar.testing import write_fake_jpeg_npz
+from sim.common.validation import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,23 @@ def test_smoke_writes_complete_report(smoke):
     assert init.keys() == final.keys() and not torch.equal(init["linear.weight"], final["linear.weight"])
     assert (out / "measures" / "adv_scratch.npz").is_file()
     assert not list(out.rglob("*.tmp"))
+
+
+def test_a_folder_of_another_run_is_refused_and_overwrite_clears_only_runs(smoke, tmp_path):
+    """sim's rule for run folders (sim.common.outdir): a finished run's folder is refused with
+    a message naming it and --overwrite; a folder of other files is never cleared."""
+    out, _ = smoke
+    npz = out.parent / "data" / "cifar10-jpeg-q75.npz"
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(ConfigError, match="--overwrite"):
+        run("smoke", out, data=npz, cache=out.parent / "cache", device="cpu", quiet=True, seed=1)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="not a run"):
+        run("smoke", other, data=npz, cache=out.parent / "cache", device="cpu", quiet=True, overwrite=True)
+    assert (other / "notes.txt").read_text() == "keep"
 
 
 def test_budgets_stop_stages_and_the_report_says_so(tmp_path):
