@@ -45,11 +45,18 @@ def _ranks(text: str) -> tuple[int, ...]:
     return ranks
 
 
-def _eps(text: str) -> float:
-    try:
-        return parse_eps(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _argument(check):
+    """An argparse type from a cifar.config check: its ConfigError becomes argparse's one-line error."""
+    def parse(text: str):
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+_eps = _argument(parse_eps)
 
 
 def _int_in(name: str, lo: int, hi: int | None = None):
@@ -66,11 +73,7 @@ def _int_in(name: str, lo: int, hi: int | None = None):
     return parse
 
 
-def _device(text: str) -> str:
-    try:
-        return check_device(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+_device = _argument(check_device)
 
 
 def build_parser() -> argparse.ArgumentParser:
