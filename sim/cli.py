@@ -130,14 +130,15 @@ def _cmd_sweep(args) -> int:
         print(f"{len(_unique(spec.points))} cells; would write {out}")
         return 0
     summary = run_sweep(spec, out, workers=args.workers, threads=args.threads, scheduler=args.scheduler,
-                        quiet=args.quiet, command=_command(args), retry_failed=not args.no_retry_failed)
+                        quiet=args.quiet, command=_command(args), retry_failed=not args.no_retry_failed,
+                        order=args.order or "longest")
     print(summary.text())
     return 1 if summary.failed else 0
 
 
 def _command(args) -> str:
     parts = ["python -m sim sweep", args.spec]
-    for flag in ("out", "workers", "threads", "scheduler"):
+    for flag in ("out", "workers", "threads", "scheduler", "order"):
         v = getattr(args, flag)
         if v is not None:
             parts.append(f"--{flag} {v}")
@@ -182,6 +183,9 @@ def add_sweep_commands(subparsers) -> None:
     s.add_argument("--threads", type=int, help="Numba threads per worker (default: cores / workers; 1 on Dask)")
     s.add_argument("--scheduler", help="a Dask distributed scheduler address, e.g. tcp://host:8786")
     s.add_argument("--dry-run", action="store_true", help="validate the spec and list the cells, run nothing")
+    s.add_argument("--order", choices=("longest", "shortest"), default=None,
+                   help="which unfinished cells run first: longest (default; the shortest makespan) or shortest "
+                        "(a sweep spread over several sessions fills in from the cheap end)")
     s.add_argument("--no-retry-failed", action="store_true", help="leave the cells that failed before as they are")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_sweep)

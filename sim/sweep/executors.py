@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sim.common.meta import git_commit
-from sim.model.config import ConfigError, _check_int
+from sim.model.config import ConfigError, _check_choice, _check_int
 
 from .job import _init_worker, cell_job
 from .spec import Point, SweepSpec
+
+ORDERS = ("longest", "shortest")  # run_sweep's order of the unfinished cells
 
 
 def available_cores() -> int:
@@ -81,8 +83,13 @@ class SweepSummary:
 
 
 def run_sweep(spec: SweepSpec, out, *, workers: int | None = None, threads: int | None = None, scheduler=None,
-              quiet: bool = False, command: str | None = None, retry_failed: bool = True) -> SweepSummary:
+              quiet: bool = False, command: str | None = None, retry_failed: bool = True,
+              order: str = "longest") -> SweepSummary:
     """Run every unfinished cell of the spec and rebuild the table; returns the summary.
+
+    order: 'longest' first (by the estimated cost: the shortest makespan on several workers)
+    or 'shortest' first (finished cells early: a sweep that spans several sessions, resumed
+    each time, fills in from the cheap end).
 
     scheduler: None (local processes; workers=0 runs the cells in this process, one by
     one), a Dask scheduler address, or a distributed.Client.
@@ -90,6 +97,7 @@ def run_sweep(spec: SweepSpec, out, *, workers: int | None = None, threads: int 
     from . import store
 
     check_workers(workers, threads)
+    _check_choice("order", order, ORDERS)
     t0 = time.perf_counter()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -105,7 +113,7 @@ def run_sweep(spec: SweepSpec, out, *, workers: int | None = None, threads: int 
             skipped += 1
         else:
             todo.append(p)
-    todo.sort(key=lambda p: (-p.cost(), p.index))  # longest first: the shortest makespan
+    todo.sort(key=lambda p: (-p.cost() if order == "longest" else p.cost(), p.index))
     failed_now: dict[str, dict] = {}
     cell_seconds = [0.0, 0.0]
     bar = _Progress(len(_unique(spec.points)), skipped, todo, quiet)

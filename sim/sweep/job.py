@@ -124,6 +124,8 @@ def run_cell(cfg: CellConfig) -> dict:
         for k, v in measures.readable_purification(clean.net.W, adv.W, p.M, cfg.principal_threshold).items():
             if v is not None:
                 rows.append(_row("adv_net", k, v, norm))
+        for P in cfg.atom_degrees:
+            _atom_rows(rows, per_margin, p, Xe, ye, te, taus, norm, P, cfg, seed0=1000 * ni + 400 + 10 * P)
         if cfg.control:
             cr = run_adversarial(clean, cfg, norm, "random", True, track=False, cap=cfg.control_steps or cfg.adv_steps)
             ctrl = cr.net
@@ -171,6 +173,29 @@ def run_cell(cfg: CellConfig) -> dict:
     return {"status": "ok", "schema": CELL_SCHEMA, "hash": config_hash(cfg), "config": cfg.to_dict(), "rows": rows,
             "data": data_summary(train, te), "timings": timings, "versions": versions(), "host": platform.node(),
             "logs": logs, "pictures": pictures, "weights": weights}
+
+
+def _atom_rows(rows, per_margin, p, Xe, ye, te, taus, norm, degree, cfg, seed0):
+    """Rows of the hand-built per-atom polynomial of degree `degree` (CellConfig.atom_degrees):
+    clean accuracy, attacked robust accuracy (evaluate_robustness, the networks' attacks) and the
+    certified one (sim.lowerbound.atoms.lagrangian_certificate) at every radius, by margin class."""
+    from sim import attacks
+    from sim.lowerbound.atoms import AtomPolynomial, lagrangian_certificate, step_coefficients, threat_box
+
+    name = f"atom_poly{degree}"
+    model = AtomPolynomial(p.M, p.wstar, step_coefficients(degree))
+    yt = np.asarray(te.y, np.float64)
+    rows.append(_row(name, "clean_acc", np.mean(yt * model.forward(np.asarray(te.x, np.float64)) > 0), norm, 0.0))
+    for j, t in enumerate(taus):
+        rep = attacks.evaluate_robustness(model, Xe, ye, t, norm, direction=p.bayes_direction, pgd_steps=cfg.pgd_steps,
+                                          pgd_restarts=cfg.pgd_restarts, random_draws=cfg.random_draws, seed=seed0 + j)
+        rows.append(_row(name, "robust_acc", rep.robust_accuracy, norm, t))
+        per_margin(name, "robust_acc", ~rep.broken, norm, t)
+        rows.append(_row(name, "masking_flag", rep.masking_flag, norm, t))
+        box, radius2 = threat_box(p.M, t, norm)
+        cert = lagrangian_certificate(model, Xe, ye, t, box=box, radius2=radius2) > 0
+        rows.append(_row(name, "certified_acc", np.mean(cert), norm, t))
+        per_margin(name, "certified_acc", cert, norm, t)
 
 
 _JOB_LOCK = threading.Lock()

@@ -295,6 +295,12 @@ def plot_results(results, out="figures", prefix: str | None = None, command: str
         if res.x is not None:
             fig, used, _ = figure_c6(res, norm)
             save(fig, f"c6_window_{norm}", used)
+        if res.x == "run.data.d":  # the phase diagram: PREFIX_NORM, its windows and crossings in the sidecar
+            from .phase import figure_phase, phase_sidecar
+
+            fig, used = figure_phase(res, norm)
+            written.extend(_save(fig, out, f"{prefix}_{norm}", {**base, "config_hashes": res.cells_of(used),
+                                                                **phase_sidecar(res, norm)}))
     fig, used = figure_purification(res)
     save(fig, "purification_vs_d" if res.x == "run.data.d" else "purification", used)
     fig, cells = figure_weights(res)

@@ -48,6 +48,10 @@ class CellConfig(VerifyConfig):
     lower_bound: the C5 table (sim.lowerbound) at the radii lower_bound_radii (multiples
     of tau), budget lower_bound_scale, training sets lower_bound_factors x N (costly).
     control: also train on random noise of the same radius (robust accuracy at tau).
+    atom_degrees: odd degrees P >= 3 of the hand-built per-atom polynomials
+    f(x) = sum_j w*_j p_P(<m_j, x>) (sim.lowerbound.atoms.step_coefficients: the robust shape
+    the C5 table found, cheap at any d) attacked and certified (Lagrangian bound) at every
+    radius, rows 'atom_poly{P}'; () for none.
     save_weights: keep W_init, W_clean and W_adv (large at big d); a small picture of the
     weights in the dictionary basis is always kept.
     """
@@ -61,6 +65,7 @@ class CellConfig(VerifyConfig):
     lower_bound_radii: tuple = (1.0,)
     lower_bound_factors: tuple = (1,)
     control: bool = False
+    atom_degrees: tuple = ()
     save_weights: bool = False
 
     def __post_init__(self):
@@ -75,6 +80,11 @@ class CellConfig(VerifyConfig):
         for name in ("certify", "linear_models", "control", "save_weights", "lower_bound"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: allowed true or false")
+        object.__setattr__(self, "atom_degrees", tuple(self.atom_degrees))
+        for p in self.atom_degrees:
+            _check_int("atom_degrees[]", p, lo=3)
+            if p % 2 == 0:
+                raise ConfigError(f"atom_degrees[]={p!r} is invalid: allowed odd integers >= 3")
         object.__setattr__(self, "lower_bound_radii", tuple(self.lower_bound_radii))
         for r in self.lower_bound_radii:
             _check_real("lower_bound_radii[]", r, lo=0, lo_open=True)

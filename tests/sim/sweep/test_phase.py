@@ -1,0 +1,119 @@
+"""The C6 phase diagram (sim.sweep.phase): the per-atom polynomial rows of the sweep job, the
+crossings and the two windows computed from known curves, the figure and its sidecar, the
+phase spec, and the sweep's --order."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from sim.common.validation import ConfigError
+from sim.sweep import CellConfig, load_spec, run_sweep
+from sim.sweep.analysis import Results
+from sim.sweep.phase import crossings, phase_windows
+
+from .test_sweep import ROOT, TINY, spec_file
+
+PHASE_TINY = TINY.replace('radii = [0.5, 1.0, 2.0]', 'radii = [0.25, 0.5, 1.0, 2.0]\natom_degrees = [3, 5]')
+
+
+@pytest.fixture(scope="module")
+def phase_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("phase")
+    spec = load_spec(spec_file(tmp, PHASE_TINY, "tiny_phase.toml"))
+    run_sweep(spec, tmp / "out", workers=0, threads=1, quiet=True, order="shortest")
+    return spec, tmp / "out"
+
+
+def test_atom_rows_are_attacked_and_certified_soundly(phase_run):
+    from sim.sweep.analysis import load
+
+    _, out = phase_run
+    res = load(out)
+    for g in res.groups:
+        for P in (3, 5):
+            att = res.by_tau(g, f"atom_poly{P}", "robust_acc", "l2")
+            cert = res.by_tau(g, f"atom_poly{P}", "certified_acc", "l2")
+            assert len(att) == 4 and set(att) == set(cert)
+            for t in att:  # a certificate is a lower bound on what the attacks leave standing
+                assert all(c <= a + 1e-12 for c, a in zip(cert[t], att[t]))
+            assert any(res.get(g, f"atom_poly{P}", f"{m}:{tag}", "l2") for tag in ("m1", "m2", "m3+")
+                       for m in ("robust_acc", "certified_acc"))
+
+
+def _synthetic(curves: dict, clean_acc=1.0, converged=1.0) -> Results:
+    rows = []
+
+    def row(model, metric, value, norm="l2", tau=math.nan):
+        rows.append({"sweep": "syn", "label": "k = 4", "cell": "c1", "group": "g1", "seed": 0, "model": model,
+                     "metric": metric, "norm": norm, "tau": tau, "value": value, "run.data.d": 256,
+                     "run.data.k": 4.0, "tau_l2": 0.25})
+    row("clean_net", "clean_acc", clean_acc, "", 0.0)
+    row("adv_net", "clean_acc", 1.0, "l2", 0.0)
+    row("adv_net", "adv_converged", converged)
+    row("adv_net", "adv_steps", 500.0)
+    for model, curve in curves.items():
+        for t, v in curve.items():
+            row(model, "robust_acc", v, "l2", t)
+    return Results(rows)
+
+
+CURVES = {"clean_net": {0.1: 0.5, 0.2: 0.05, 0.3: 0.0, 0.4: 0.0},
+          "linear_bayes": {0.1: 0.3, 0.2: 0.08, 0.3: 0.0, 0.4: 0.0},
+          "adv_net": {0.1: 1.0, 0.2: 0.95, 0.3: 0.92, 0.4: 0.5},
+          "atom_poly3": {0.1: 1.0, 0.2: 0.6, 0.3: 0.1, 0.4: 0.0}}
+
+
+def test_windows_from_known_curves():
+    (w,) = phase_windows(_synthetic(CURVES), "l2")
+    assert (w["tau_C1"], w["tau_lin"], w["tau_low"], w["tau_high"]) == (0.2, 0.2, 0.2, 0.3)
+    assert w["width"] == pytest.approx(0.1) and w["converged"] is True and w["d"] == 256 and w["k"] == 4.0
+    assert w["tau_poly"] == 0.3 and w["width_with_poly"] == 0.0  # the polynomial holds to 0.3: no window
+    held = dict(CURVES, atom_poly3={0.1: 0.1, 0.2: 0.0, 0.3: 0.0, 0.4: 0.0})
+    (w2,) = phase_windows(_synthetic(held), "l2")
+    assert w2["tau_poly"] == 0.1 and w2["width_with_poly"] == pytest.approx(0.1)
+    (w3,) = phase_windows(_synthetic(CURVES, clean_acc=0.95, converged=0.0), "l2")  # C1 needs clean acc >= 0.99
+    assert w3["tau_C1"] == math.inf and w3["width"] == 0.0 and w3["converged"] is False
+
+
+def test_crossings_from_known_curves():
+    (c,) = crossings(_synthetic(CURVES), "l2")
+    adv = c["radii"]["adv_net"]
+    assert adv["r90"] == pytest.approx(math.exp(math.log(0.3) + (0.92 - 0.9) / (0.92 - 0.5)
+                                                                  * (math.log(0.4) - math.log(0.3))))
+    assert adv["r10"] == math.inf  # never below 10 % within the radii
+    assert c["radii"]["clean_net"]["r50"] == pytest.approx(0.1)  # 0.5 at 0.1 is not below 50 %; 0.05 at 0.2 is
+    assert c["radii"]["best_linear"]["r90"] == 0.1  # starts below 90 %: the smallest radius
+
+
+def test_plot_writes_the_phase_figure_with_windows(phase_run, tmp_path):
+    from sim.sweep.plot import plot_results
+
+    spec, out = phase_run
+    written = {p.name for p in plot_results(out, tmp_path, command="python -m sim plot OUT")}
+    assert {"tiny_l2.png", "tiny_l2.svg", "tiny_l2.json"} <= written
+    side = json.loads((tmp_path / "tiny_l2.json").read_text())
+    assert side["command"] == "python -m sim plot OUT" and side["commit"]
+    assert len(side["windows"]) == len(spec.points)  # a cell in two series (d = 16) is in both
+    for w in side["windows"]:
+        assert {"d", "k", "seed", "tau_low", "tau_high", "width", "converged", "width_with_poly"} <= set(w)
+        assert w["width_with_poly"] <= w["width"] + 1e-12
+    assert {"atom_poly3", "atom_poly5", "ideal_net", "adv_net", "clean_net", "best_linear"} <= \
+        set(side["crossings"][0]["radii"])
+
+
+def test_atom_degrees_and_order_are_validated(tmp_path):
+    with pytest.raises(ConfigError, match=r"atom_degrees\[\]=4 .*odd integers >= 3"):
+        CellConfig(atom_degrees=(4,))
+    spec = load_spec(spec_file(tmp_path))
+    with pytest.raises(ConfigError, match="order"):
+        run_sweep(spec, tmp_path / "o", workers=0, quiet=True, order="random")
+
+
+def test_phase_spec_is_valid():
+    spec = load_spec(ROOT / "sweeps" / "phase.toml")
+    cfgs = [p.config for p in spec.points]
+    assert sorted({c.run.data.d for c in cfgs}) == [256, 512, 1024, 2048]
+    assert len({p.seed for p in spec.points}) >= 2
+    assert all(c.adv_plateau and c.run.data.sparsity == "exact" and c.atom_degrees for c in cfgs)
+    assert Path(ROOT / "sweeps" / "phase.toml").read_text().count("--order shortest") >= 1
