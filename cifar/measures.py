@@ -17,8 +17,6 @@ import math
 import numpy as np
 import torch
 
-from sim.measures import beta_split  # the one definition of the split, shared with the simulator
-
 EPS = 1e-12
 
 
@@ -39,6 +37,8 @@ def purification(w_clean: torch.Tensor, w_adv: torch.Tensor) -> dict[str, np.nda
     A neuron with w' = 0 gets beta = 0 (v = w) and does not count as dominated."""
     if w_clean.shape != w_adv.shape:
         raise ValueError(f"weight shapes differ: clean {tuple(w_clean.shape)} vs adversarial {tuple(w_adv.shape)}")
+    from sim.measures import beta_split  # the one split, shared with sim; imported here: sim.measures loads Numba
+
     beta, _, proj_norm, v_norm = beta_split(_rows(w_clean).numpy(), _rows(w_adv).numpy())
     return {
         "beta": beta,

@@ -114,6 +114,8 @@ def test_help_is_fast_and_consistent(workdir):
     code = "import sys, cifar.cli; sys.exit('torch' in sys.modules)"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0, "importing the CLI imported torch"
+    code = "import sys, cifar.measures, cifar.pipeline; sys.exit('numba' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0, "cifar's pipeline imported Numba"
     for args in ([], ["run"], ["prepare"], ["presets"]):
         r = cli(args + ["--help"], workdir)
         assert r.returncode == 0 and r.stderr == ""
