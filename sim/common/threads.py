@@ -32,3 +32,13 @@ def blas_threads(n: int):
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=n)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1

@@ -11,6 +11,7 @@ is tuned to pass.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from sim.claims import CLAIMS, Claim, judge
 from sim.common.files import atomic_save_npz, atomic_write_json
 from sim.common.meta import versions
 from sim.common.outdir import prepare_out_dir
+from sim.common.threads import limit_blas_once, set_numba_threads
 from sim.model.config import (_NESTED, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _check_choice,
                               _check_int, _check_real, _Frozen)
 from sim.model.data import MARGIN_CLASSES, margin_classes
@@ -65,9 +67,9 @@ class VerifyConfig(_Frozen):
     tau_linf: float = 0.02
     adv_kind: str = "fgm"
     adv_lr: float = 1.0
-    adv_steps: int = 1000
+    adv_steps: int = 2000
     adv_mode: str = "online"
-    adv_batch: int = 6000
+    adv_batch: int = 1024
     adv_measure_every: int = 50
     adv_warmup: int = 50
     adv_lr_decay: float = 0.0
@@ -164,9 +166,10 @@ def _report_dict(rep: attacks.RobustReport, classes) -> dict:
             "by_margin": {"attacked": measures.by_margin(~rep.broken, classes)}}
 
 
-def _certify_into(entry: dict, net, X, y, tau, norm, rep, vc: VerifyConfig, classes) -> None:
+def _certify_into(entry: dict, net, X, y, tau, norm, rep, vc: VerifyConfig, classes, diagnose: bool = True) -> None:
     """Add certified_acc (and its by_margin), the certificate's time and, for a gap > 10
-    points, the exact verifier's diagnosis (bound loose or attack weak) to a robust-accuracy entry."""
+    points (and diagnose), the exact verifier's diagnosis (bound loose or attack weak) to a
+    robust-accuracy entry."""
     from sim.certify import certify, certify_gap_diagnosis
 
     cert = certify(net, X, y, tau, norm, focus=~rep.broken)
@@ -177,7 +180,7 @@ def _certify_into(entry: dict, net, X, y, tau, norm, rep, vc: VerifyConfig, clas
     entry["certified_but_attacked"] = int(np.sum(cert.certified & rep.broken))
     gap = rep.robust_accuracy - cert.certified_accuracy
     entry["gap"] = gap
-    if gap > 0.10 and vc.exact_samples > 0:
+    if diagnose and gap > 0.10 and vc.exact_samples > 0:
         t = time.perf_counter()
         diag = certify_gap_diagnosis(net, X, y, tau, norm, rep.broken, n_exact=vc.exact_samples, cert=cert,
                                      time_limit=vc.exact_time_limit)
@@ -240,14 +243,18 @@ RUN_FILES = ("verify.json", "report.md", "clean", "weights_l2.npz", "weights_lin
 
 
 def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False, *, resume: bool = False,
-               overwrite: bool = False) -> dict:
+               overwrite: bool = False, workers: int | None = None) -> dict:
     """The whole pipeline; writes verify.json, report.md, figures/, weights_{norm}.npz
     (sim.experiments.verify.load_nets rebuilds the networks) and masks_{norm}.npz under out.
 
     out must be new or empty (or hold a verify run of this config with resume=True: its clean
     training is reused, resumed from its last snapshot if cut short, and every later stage
     is run again; or any run with overwrite=True: cleared first). See sim.common.outdir.
+    workers: processes for the threat models (None: one per threat model, at most the cores;
+    1: one after the other in this process); the numbers do not depend on it (BLAS runs on one
+    thread here and in the workers; the Numba kernels give the same bits for any thread count).
     """
+    limit_blas_once()
     t0 = time.perf_counter()
     out = Path(out)
     resuming = prepare_out_dir(out, "sim verify", vc.to_dict(), resume=resume, overwrite=overwrite,
@@ -276,55 +283,11 @@ def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False, *, resume: bool
     dc = results["clean"]["dense"]
     claims.append(Claim("C2-dense", "clean network: cosine of the neurons' dense parts with w* (mean)",
                         dc["dense_cos_mean"], ">= 0.3 [ours]", dc["dense_cos_mean"] >= 0.3))
-    for norm in vc.norms:
-        tau = vc.tau(norm)
-        tm = {"tau": tau}
-        t1 = time.perf_counter()
-        rep_clean = _robust(clean.net, Xe, ye, tau, norm, p.bayes_direction, vc)
-        tm["clean_net"] = _report_dict(rep_clean, classes)
-        t2 = time.perf_counter()
-        ar = run_adversarial(clean, vc, norm, vc.adv_kind, quiet)
-        timings[f"adv_training_{norm}"] = time.perf_counter() - t2
-        adv = ar.net
-        rep_adv = _robust(adv, Xe, ye, tau, norm, p.bayes_direction, vc, seed=1)
-        tm["adv_net"] = _report_dict(rep_adv, classes)
-        tm["adv_training"] = ar.convergence
-        tm["adv_trace"] = ar.trace
-        t2 = time.perf_counter()
-        cr = run_adversarial(clean, vc, norm, "random", quiet, track=False, cap=vc.control_steps or vc.adv_steps)
-        timings[f"control_training_{norm}"] = time.perf_counter() - t2
-        control = cr.net
-        rep_ctrl = _robust(control, Xe, ye, tau, norm, p.bayes_direction, vc, seed=2)
-        tm["random_control_net"] = _report_dict(rep_ctrl, classes)
-        tm["control_training"] = cr.convergence
-        rep_ideal = _robust(ideal, Xe, ye, tau, norm, p.bayes_direction, vc, seed=3)
-        tm["ideal_net"] = _report_dict(rep_ideal, classes)
-        if vc.certify and clean.net.model.activation == "relu":
-            t2 = time.perf_counter()
-            for key, net_, rep_ in (("clean_net", clean.net, rep_clean), ("adv_net", adv, rep_adv),
-                                    ("random_control_net", control, rep_ctrl), ("ideal_net", ideal, rep_ideal)):
-                _certify_into(tm[key], net_, Xe, ye, tau, norm, rep_, vc, classes)
-            timings[f"certify_{norm}"] = time.perf_counter() - t2
-        tm["adv_dense"] = measures.summarize_dense(adv, p.M, p.wstar, Xe, vc.principal_threshold)
-        tm["purification"] = measures.summarize_purification(clean.net.W, adv.W, clean.W_init, p.M,
-                                                             vc.principal_threshold)
-        tm["purification"].update(measures.readable_purification(clean.net.W, adv.W, p.M, vc.principal_threshold))
-        tm["curve_clean"] = robust_curve(clean.net, clean, vc, norm)
-        tm["curve_adv"] = robust_curve(adv, clean, vc, norm)
-        timings[f"threat_{norm}"] = time.perf_counter() - t1
-        if vc.lower_bound:
-            from sim.lowerbound import lower_bound_table
-
-            t2 = time.perf_counter()
-            tm["lower_bound"] = lower_bound_table(p, clean.train, te, tau, norm, scale=vc.lower_bound_scale,
-                                                  n_eval=vc.n_eval, model_cfg=vc.run.model, quiet=quiet)
-            timings[f"lower_bound_{norm}"] = time.perf_counter() - t2
+    for norm, (tm, norm_claims, norm_timings) in _threat_models(vc, clean, ideal, classes, results["clean"]["dense"],
+                                                                out, quiet, workers):
         results["threat_models"][norm] = tm
-        save_nets(out / f"weights_{norm}.npz", {"clean": clean.net, "adv": adv, "control": control}, clean.W_init)
-        _save_masks(out / f"masks_{norm}.npz", tm, {"clean": rep_clean, "adv": rep_adv, "control": rep_ctrl}, ye)
-        claims += threat_claims(norm, tau, tm, results["clean"]["dense"], vc)
-        if vc.lower_bound:
-            claims += lower_bound_claims(norm, tau, tm)
+        claims += norm_claims
+        timings.update(norm_timings)
     timings["total"] = time.perf_counter() - t0
     doc = {"claims": [c.to_dict() for c in claims], "config": vc.to_dict(), "versions": versions(),
            "results": results, "timings": timings}
@@ -333,6 +296,107 @@ def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False, *, resume: bool
     write_report(doc, clean, out)
     atomic_write_json(out / "verify.json", doc)
     return doc
+
+
+
+def _threat_model(norm: str, vc: VerifyConfig, clean: CleanRun, ideal: TwoLayerNet, classes, clean_dense: dict,
+                  out: Path, quiet: bool):
+    """One threat model: attacks, adversarial training and its control, certificates, measures,
+    the C5 table; writes weights_{norm}.npz and masks_{norm}.npz; returns (tm, claims, timings)."""
+    p, te = clean.problem, clean.test
+    Xe, ye = te.x[:vc.n_eval], te.y[:vc.n_eval]
+    timings, claims = {}, []
+    tau = vc.tau(norm)
+    tm = {"tau": tau}
+    t1 = time.perf_counter()
+    rep_clean = _robust(clean.net, Xe, ye, tau, norm, p.bayes_direction, vc)
+    tm["clean_net"] = _report_dict(rep_clean, classes)
+    t2 = time.perf_counter()
+    ar = run_adversarial(clean, vc, norm, vc.adv_kind, quiet)
+    timings[f"adv_training_{norm}"] = time.perf_counter() - t2
+    adv = ar.net
+    rep_adv = _robust(adv, Xe, ye, tau, norm, p.bayes_direction, vc, seed=1)
+    tm["adv_net"] = _report_dict(rep_adv, classes)
+    tm["adv_training"] = ar.convergence
+    tm["adv_trace"] = ar.trace
+    t2 = time.perf_counter()
+    cr = run_adversarial(clean, vc, norm, "random", quiet, track=False, cap=vc.control_steps or vc.adv_steps)
+    timings[f"control_training_{norm}"] = time.perf_counter() - t2
+    control = cr.net
+    rep_ctrl = _robust(control, Xe, ye, tau, norm, p.bayes_direction, vc, seed=2)
+    tm["random_control_net"] = _report_dict(rep_ctrl, classes)
+    tm["control_training"] = cr.convergence
+    rep_ideal = _robust(ideal, Xe, ye, tau, norm, p.bayes_direction, vc, seed=3)
+    tm["ideal_net"] = _report_dict(rep_ideal, classes)
+    if vc.certify and clean.net.model.activation == "relu":
+        t2 = time.perf_counter()
+        # the control only has to be broken (its claim reads the attacks): no exact diagnosis of its gap
+        for key, net_, rep_ in (("clean_net", clean.net, rep_clean), ("adv_net", adv, rep_adv),
+                                ("random_control_net", control, rep_ctrl), ("ideal_net", ideal, rep_ideal)):
+            _certify_into(tm[key], net_, Xe, ye, tau, norm, rep_, vc, classes, diagnose=key != "random_control_net")
+        timings[f"certify_{norm}"] = time.perf_counter() - t2
+    tm["adv_dense"] = measures.summarize_dense(adv, p.M, p.wstar, Xe, vc.principal_threshold)
+    tm["purification"] = measures.summarize_purification(clean.net.W, adv.W, clean.W_init, p.M,
+                                                         vc.principal_threshold)
+    tm["purification"].update(measures.readable_purification(clean.net.W, adv.W, p.M, vc.principal_threshold))
+    tm["curve_clean"] = robust_curve(clean.net, clean, vc, norm)
+    tm["curve_adv"] = robust_curve(adv, clean, vc, norm)
+    timings[f"threat_{norm}"] = time.perf_counter() - t1
+    if vc.lower_bound:
+        from sim.lowerbound import lower_bound_table
+
+        t2 = time.perf_counter()
+        tm["lower_bound"] = lower_bound_table(p, clean.train, te, tau, norm, scale=vc.lower_bound_scale,
+                                              n_eval=vc.n_eval, model_cfg=vc.run.model, quiet=quiet)
+        timings[f"lower_bound_{norm}"] = time.perf_counter() - t2
+    save_nets(out / f"weights_{norm}.npz", {"clean": clean.net, "adv": adv, "control": control}, clean.W_init)
+    _save_masks(out / f"masks_{norm}.npz", tm, {"clean": rep_clean, "adv": rep_adv, "control": rep_ctrl}, ye)
+    claims += threat_claims(norm, tau, tm, clean_dense, vc)
+    if vc.lower_bound:
+        claims += lower_bound_claims(norm, tau, tm)
+    return tm, claims, timings
+
+
+def _threat_job(norm, vc, clean, ideal, classes, clean_dense, out, threads):
+    """_threat_model in a worker process: BLAS on one thread, Numba on `threads` (the kernels
+    and sim.model.linalg give the same bits for any count), no progress bars."""
+    limit_blas_once()
+    set_numba_threads(threads)
+    return _threat_model(norm, vc, clean, ideal, classes, clean_dense, out, True)
+
+
+def _threat_models(vc: VerifyConfig, clean: CleanRun, ideal, classes, clean_dense, out: Path, quiet: bool,
+                   workers: int | None):
+    """(norm, (tm, claims, timings)) for each threat model, in vc.norms order: side by side in
+    worker processes (workers: how many; None: one per threat model, at most the cores), or
+    in this process for workers=1. Every stage is single-threaded BLAS + thread-count-independent
+    kernels, so the numbers do not depend on the choice."""
+    from sim.common.threads import available_cores
+
+    n = len(vc.norms)
+    cores = available_cores()
+    workers = min(n, cores) if workers is None else min(int(workers), n)
+    if workers <= 1:
+        for norm in vc.norms:
+            yield norm, _threat_model(norm, vc, clean, ideal, classes, clean_dense, out, quiet)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, cores // workers)
+    import dataclasses
+
+    sent = dataclasses.replace(clean, log=None, snapshots={})  # the open metrics log does not travel (nor is it used)
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+        futures = {norm: ex.submit(_threat_job, norm, vc, sent, ideal, classes, clean_dense, out, threads)
+                   for norm in vc.norms}
+        for norm in vc.norms:
+            res = futures[norm].result()
+            if not quiet:
+                print(f"verify: threat model {norm} done ({time.perf_counter() - t0:.0f} s, {workers} worker "
+                      "processes)", file=sys.stderr, flush=True)
+            yield norm, res
 
 
 def _clean_stage(vc: VerifyConfig, out: Path, quiet: bool, resuming: bool) -> CleanRun:

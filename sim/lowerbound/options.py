@@ -13,8 +13,8 @@ the command line (sim/cli.py) are the arguments of OptionsRun.
 
 Options: baseline (the default regime: pm1, noise 0.05, k 4), magnitude 'uniform' with
 a_min 0.5 and 0.1 (margin a_min; and a_min 0.1 with margin 1), noise 0.5 and 1.0 (total
-norm), k growing with d (d^0.5, d/4). Exact vs Bernoulli sparsity is not an option here: this
-branch's DataConfig has no sparsity field (Bernoulli only).
+norm), k growing with d (d^0.5, d/4), and exact sparsity (every sample has exactly round(k)
+atoms, k = 4 and verify's k = 3) against the default Bernoulli draw (about Poisson(k) atoms).
 """
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def options(d: int) -> dict[str, dict]:
             "noise 0.5": {"noise": 0.5},
             "noise 1.0": {"noise": 1.0},
             f"k = d^0.5 = {d ** 0.5:.3g}": {"k": float(d ** 0.5)},
-            f"k = d/4 = {d / 4:g}": {"k": float(d / 4)}}
+            f"k = d/4 = {d / 4:g}": {"k": float(d / 4)},
+            "exact k = 4": {"sparsity": "exact"},
+            "exact k = 3": {"sparsity": "exact", "k": 3.0}}
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,8 @@ def run_options(a: OptionsRun, command: str) -> dict:
     jpath = out.with_suffix(".json")
     commit = code_version()
     doc = {"d": a.d, "norm": a.norm, "tau": a.tau, "command": command, "commit": commit, "budget": a.budget,
-           "note": "Exact vs Bernoulli sparsity: not run (this branch's DataConfig has Bernoulli sparsity only).",
+           "note": "Sparsity: the Bernoulli draw (about Poisson(k) active atoms) unless the option says 'exact' "
+                   "(exactly round(k) atoms per sample).",
            "results": {}}
     if jpath.exists():
         old = json.loads(jpath.read_text())

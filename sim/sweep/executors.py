@@ -12,19 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sim.common.meta import git_commit
+from sim.common.threads import available_cores
 from sim.model.config import ConfigError, _check_choice, _check_int
 
 from .job import _init_worker, cell_job
 from .spec import Point, SweepSpec
 
 ORDERS = ("longest", "shortest")  # run_sweep's order of the unfinished cells
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def check_workers(workers: int | None, threads: int | None) -> None:

@@ -157,3 +157,28 @@ def test_plateau_fields_are_validated():
         TINY.replace(adv_plateau_tol=-0.1)
     with pytest.raises(ConfigError, match="n_eval"):
         TINY.replace(n_eval=350)
+
+
+def _strip_times(o):
+    """The document without what depends on the wall clock (timings, time-limited exact checks)."""
+    if isinstance(o, dict):
+        return {k: _strip_times(v) for k, v in o.items()
+                if "seconds" not in k and k not in ("timings", "gap_diagnosis", "versions")}
+    if isinstance(o, list):
+        return [_strip_times(v) for v in o]
+    return o
+
+
+def test_threat_models_side_by_side_give_the_numbers_of_one_process(tiny_doc, tmp_path):
+    """The default runs l2 and l_inf in two worker processes; workers=1 runs them here, one
+    after the other: the same claims, results and weights, bit for bit."""
+    import numpy as np
+
+    doc, out = tiny_doc
+    one = run_verify(TINY, tmp_path / "one", quiet=True, workers=1)
+    def text(d):
+        return json.dumps(_strip_times(d), sort_keys=True, default=lambda a: np.asarray(a).tolist())
+    assert text(one) == text(doc)
+    for norm in ("l2", "linf"):
+        with np.load(out / f"weights_{norm}.npz") as a, np.load(tmp_path / "one" / f"weights_{norm}.npz") as b:
+            assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
