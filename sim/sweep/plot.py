@@ -292,7 +292,7 @@ def plot_results(results, out="figures", prefix: str | None = None, command: str
     for norm in res.norms:
         fig, used = figure_robust_vs_radius(res, norm)
         save(fig, f"robust_vs_radius_{norm}", used)
-        if res.x is not None:
+        if res.x == "run.data.d":  # the C6 window is a statement about d
             fig, used, _ = figure_c6(res, norm)
             save(fig, f"c6_window_{norm}", used)
         if res.x == "run.data.d":  # the phase diagram: PREFIX_NORM, its windows and crossings in the sidecar
@@ -301,6 +301,14 @@ def plot_results(results, out="figures", prefix: str | None = None, command: str
             fig, used = figure_phase(res, norm)
             written.extend(_save(fig, out, f"{prefix}_{norm}", {**base, "config_hashes": res.cells_of(used),
                                                                 **phase_sidecar(res, norm)}))
+    from .regime import claims_map_markdown, figure_claims_map
+
+    for norm in res.norms:  # the claims map: C1-C4 per cell, as verify judges them
+        fig, used = figure_claims_map(res, norm)
+        save(fig, f"claims_map_{norm}", used)
+        md = out / f"{prefix}_claims_map_{norm}.md"
+        atomic_write_bytes(md, claims_map_markdown(res, norm).encode())
+        written.append(md)
     fig, used = figure_purification(res)
     save(fig, "purification_vs_d" if res.x == "run.data.d" else "purification", used)
     fig, cells = figure_weights(res)
