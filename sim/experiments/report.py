@@ -106,6 +106,10 @@ def _convergence_line(name, rec) -> str:
         return ""
     if rec["converged"]:
         return f"{name}: converged after {rec['steps']} steps ({rec['criterion']})."
+    if rec.get("diverged"):
+        return (f"**{name}: DIVERGED**: after {rec['steps']} steps its clean accuracy on the held-out points is "
+                f"{rec['held_out_clean_acc']:.3f} (a dead network; not converged); its numbers are a training "
+                "failure, not the end point of training.")
     return (f"**{name}: NOT CONVERGED**: it reached the cap of {rec['steps']} steps before its curve met the "
             f"criterion ({rec['criterion']}); its numbers are not the end point of training.")
 

@@ -418,6 +418,8 @@ def threat_claims(norm, tau, tm, clean_dense, vc) -> list[Claim]:
     rec = tm.get("adv_training")
     if rec is not None:  # the claims table says how far training went, loudly when the cap was hit
         kind += (f" ({rec['steps']} steps, converged)" if rec["converged"]
+                 else f" (DIVERGED after {rec['steps']} steps: held-out clean accuracy "
+                      f"{rec['held_out_clean_acc']:.3f})" if rec.get("diverged")
                  else f" (NOT CONVERGED: cap of {rec['steps']} steps hit)")
     return [
         judge("C1-robust", sfx, f"clean network: robust accuracy at {tag} ({attack_set})", c["robust_acc"]),

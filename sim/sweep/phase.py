@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sim.claims import CLAIMS  # noqa: E402
+from sim.train.adversarial import DIVERGED_CLEAN_ACC  # noqa: E402
 
 from .analysis import LINEAR, Results, _short, radius_at, windows  # noqa: E402
 
@@ -67,8 +68,12 @@ def crossings(res: Results, norm: str) -> list[dict]:
         if not curves["clean_net"]:
             continue
         conv = _value(res, g, cell, "adv_net", "adv_converged", norm)
+        # diverged: the adversarially trained net's clean test accuracy below DIVERGED_CLEAN_ACC (a dead
+        # network; cells run before the record checked it carry only adv_converged)
+        diverged = bool(_value(res, g, cell, "adv_net", "clean_acc", norm) < DIVERGED_CLEAN_ACC)
         out.append({"cell": cell, "group": g, "seed": seed, "series": res.series[g], "d": res.config[g].get("run.data.d"),
-                    "k": res.config[g].get("run.data.k"), "converged": bool(conv == 1.0),
+                    "k": res.config[g].get("run.data.k"), "converged": bool(conv == 1.0) and not diverged,
+                    "diverged": diverged,
                     "adv_steps": _value(res, g, cell, "adv_net", "adv_steps", norm),
                     "radii": {name: {f"r{round(100 * lv)}": radius_at(c, lv) for lv in LEVELS}
                               for name, c in curves.items() if c}})
@@ -92,6 +97,7 @@ def phase_windows(res: Results, norm: str) -> list[dict]:
         lo_all = max(w["lo"], tau_poly) if polys else w["lo"]
         out.append({"d": c["d"], "k": c["k"], "seed": c["seed"], "series": c["series"], "cell": c["cell"],
                     "tau_low": w["lo"], "tau_high": w["tau_C3"], "width": w["width"], "converged": c["converged"],
+                    "diverged": c["diverged"],
                     "adv_steps": c["adv_steps"], "tau_C1": w["tau_C1"], "tau_lin": w["tau_lin"],
                     "tau_poly": tau_poly,
                     "width_with_poly": max(0.0, w["tau_C3"] - lo_all) if math.isfinite(lo_all) else 0.0})

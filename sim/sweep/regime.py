@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sim.claims import CLAIMS  # noqa: E402
+from sim.train.adversarial import DIVERGED_CLEAN_ACC  # noqa: E402
 
 from .analysis import Results, _short  # noqa: E402
 
@@ -64,7 +65,8 @@ def claims_map(res: Results, norm: str) -> list[dict]:
                "purified_share_kept": m("adv_net", "purified_share_kept"),
                "clean_top_atom_share": m("adv_net", "clean_top_atom_share_median"),
                "ideal_robust": m("ideal_net", "robust_acc", t=tau),
-               "adv_steps": m("adv_net", "adv_steps"), "converged": m("adv_net", "adv_converged") == 1.0}
+               "adv_steps": m("adv_net", "adv_steps")}
+        row["converged"] = bool(m("adv_net", "adv_converged") == 1.0 and row["adv_clean_acc"] >= DIVERGED_CLEAN_ACC)
         row["align_ratio"] = abs(row["clean_dense_cos"]) / max(abs(row["adv_dense_cos"]), 1e-12)
         row["C1"] = bool(CLAIMS["C1-clean"].holds(row["clean_acc"]) and CLAIMS["C1-robust"].holds(row["clean_robust"]))
         row["C2"] = bool(row["clean_dense_cos"] >= C2_DENSE)

@@ -217,3 +217,21 @@ def test_resume_from_the_command_line_after_a_kill(tmp_path):
     assert a["W"].tobytes() == b["W"].tobytes() and a["b"].tobytes() == b["b"].tobytes()
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(200)) + [200]
     assert killed_early, "the run finished before it was killed: make it longer"
+
+
+def test_a_dead_adversarial_run_is_recorded_diverged_not_converged(monkeypatch):
+    """The plateau rule alone would call a flat curve of a dead network converged: the record
+    also checks the held-out clean accuracy (sim.train.adversarial.DIVERGED_CLEAN_ACC)."""
+    import sim.train.adversarial as adv_mod
+    from sim.experiments.verify import VerifyConfig
+
+    vc = VerifyConfig(run=RunConfig(DataConfig(d=16, k=2.0, n_train=400, n_test=1200), ModelConfig(init_scale=1e-3),
+                                    TrainConfig(lr=1.0, steps=40)), norms=("l2",), tau_l2=0.3, adv_steps=30,
+                      adv_batch=200, adv_beta_ramp=5, adv_min_steps=10, adv_check_every=5, adv_holdout=200,
+                      n_eval=100, lower_bound=False)
+    clean = train_clean(vc.run, None, quiet=True)
+    rec = adv_mod.run_adversarial(clean, vc, "l2", "fgm", track=False).convergence
+    assert 0.5 <= rec["held_out_clean_acc"] <= 1.0 and not rec.get("diverged")
+    monkeypatch.setattr(adv_mod, "DIVERGED_CLEAN_ACC", 1.01)  # every run now counts as dead
+    rec = adv_mod.run_adversarial(clean, vc, "l2", "fgm", track=False).convergence
+    assert rec["diverged"] is True and rec["converged"] is False
