@@ -83,11 +83,11 @@ def crossings(res: Results, norm: str) -> list[dict]:
 def phase_windows(res: Results, norm: str) -> list[dict]:
     """Per cell: the C6 window with C5 = linear models (tau_low, tau_high, width) and with C5 =
     linear models and the per-atom polynomials (tau_poly, width_with_poly), and converged."""
-    cross = {c["cell"]: c for c in crossings(res, norm)}
+    cross = {(c["group"], c["cell"]): c for c in crossings(res, norm)}  # a cell may be in two series
     atoms = _atom_models(res)
     out = []
     for w in windows(res, norm):
-        c = cross.get(w["cell"])
+        c = cross.get((w["group"], w["cell"]))
         if c is None:
             continue
         taus = sorted(_curve(res, w["group"], w["cell"], "clean_net", norm))
@@ -147,8 +147,10 @@ def figure_phase(res: Results, norm: str):
                              gridspec_kw={"height_ratios": [3, 1.3]})
     for j, s in enumerate(series):
         ax, axw = axes[0][j], axes[1][j]
-        mine = [c for c in cs if c["series"] == s]
-        xs = sorted({c["d"] for c in mine})
+        allmine = [c for c in cs if c["series"] == s]
+        xs = sorted({c["d"] for c in allmine})
+        # the lines and the window are means over the converged seeds of each d (all seeds where none converged)
+        mine = [c for c in allmine if c["converged"] or not any(o["converged"] for o in allmine if o["d"] == c["d"])]
         for name, (label, color, marker) in style.items():
             pts = [[c["radii"][name] for c in mine if c["d"] == x and name in c["radii"]] for x in xs]
             if not any(pts):
@@ -163,11 +165,12 @@ def figure_phase(res: Results, norm: str):
             hi = [np.mean([clip(p["r10"]) for p in pp]) if pp else np.nan for pp in pts]
             if name in ("clean_net", "adv_net", "best_linear"):
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.12, lw=0)
-            if name == "adv_net":  # open markers: seeds whose adversarial training hit its cap
-                for c in mine:
+            if name == "adv_net":  # open markers: seeds whose adversarial training hit its cap or diverged
+                for c in allmine:
                     if not c["converged"]:
                         ax.plot([c["d"]], [clip(c["radii"][name]["r50"])], "o", mfc="white", mec="k", ms=8)
-        mw = [w for w in ws if w["series"] == s]
+        keep = {(c["d"], c["seed"]) for c in mine}
+        mw = [w for w in ws if w["series"] == s and (w["d"], w["seed"]) in keep]
         lo_w = [np.mean([min(w["tau_low"], top) for w in mw if w["d"] == x]) for x in xs]
         hi_w = [np.mean([w["tau_high"] for w in mw if w["d"] == x]) for x in xs]
         ax.fill_between(xs, lo_w, hi_w, where=np.array(hi_w) > np.array(lo_w), color="C2", alpha=0.22,
@@ -190,7 +193,7 @@ def figure_phase(res: Results, norm: str):
     axes[0][0].legend(fontsize=7, loc="lower left")
     axes[1][0].legend(fontsize=7, loc="best")
     fig.suptitle(f"{res.name}: where each model breaks ({norm}): line = radius of 50 % robust accuracy (mean over "
-                 "seeds), band = 90 % to 10 %;\nopen circles: a seed whose adversarial training hit its cap (not "
-                 "converged); values off the radii swept drawn at the edge", fontsize=10)
+                 "seeds), band = 90 % to 10 %;\nopen circles: a seed whose adversarial training hit its cap or diverged "
+                 "(not converged: left out of the means); values off the radii swept drawn at the edge", fontsize=10)
     fig.tight_layout()
     return fig, sorted({c["group"] for c in cs})
