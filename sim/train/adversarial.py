@@ -127,7 +127,8 @@ def run_adversarial(clean, vc, norm: str, kind: str, quiet: bool = True, track: 
     trace (track=True): the purification measures and the held-out light robust accuracy
     every adv_measure_every steps and at the end. The convergence record also holds the clean
     accuracy on the held-out points; below DIVERGED_CLEAN_ACC the run is recorded as diverged
-    and not converged, whatever its curve did.
+    and not converged, whatever its curve did, and training does not stop on a plateau while
+    the network is below it (a flat robust accuracy of a network that does not classify).
     """
     p, te = clean.problem, clean.test
     tau = vc.tau(norm)
@@ -161,7 +162,11 @@ def run_adversarial(clean, vc, norm: str, kind: str, quiet: bool = True, track: 
         light = light_robust_accuracy(n, Xh, yh, tau, norm, p.bayes_direction)
         if tr:
             measure(step, n, light)
-        return plateau.update(step, light) if check else False
+        if not check:
+            return False
+        # a flat curve of a network that does not classify (early in training, or dead) is no plateau
+        classifies = float(np.mean(np.asarray(yh) * n.forward(Xh) > 0)) >= DIVERGED_CLEAN_ACC
+        return plateau.update(step, light, may_stop=classifies)
 
     log = MetricsLog(None)
     data = clean.train if vc.adv_mode == "full_batch" else None

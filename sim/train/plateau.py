@@ -43,10 +43,12 @@ class Plateau:
     values: list = field(default_factory=list)
     stopped_at: int | None = None
 
-    def update(self, step: int, value: float) -> bool:
+    def update(self, step: int, value: float, may_stop: bool = True) -> bool:
+        """may_stop=False records the point but vetoes stopping there (the caller's own condition)."""
         self.steps.append(int(step))
         self.values.append(float(value))
-        stop = self.enabled and step >= self.min_steps and step < self.max_steps and self.converged_now()
+        stop = (self.enabled and may_stop and step >= self.min_steps and step < self.max_steps
+                and self.converged_now())
         if stop:
             self.stopped_at = int(step)
         return stop
