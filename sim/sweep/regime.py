@@ -66,7 +66,8 @@ def claims_map(res: Results, norm: str) -> list[dict]:
                "clean_top_atom_share": m("adv_net", "clean_top_atom_share_median"),
                "ideal_robust": m("ideal_net", "robust_acc", t=tau),
                "adv_steps": m("adv_net", "adv_steps")}
-        row["converged"] = bool(m("adv_net", "adv_converged") == 1.0 and row["adv_clean_acc"] >= DIVERGED_CLEAN_ACC)
+        row["diverged"] = bool(row["adv_clean_acc"] < DIVERGED_CLEAN_ACC)  # a dead network (sim.train.adversarial)
+        row["converged"] = bool(m("adv_net", "adv_converged") == 1.0 and not row["diverged"])
         row["align_ratio"] = abs(row["clean_dense_cos"]) / max(abs(row["adv_dense_cos"]), 1e-12)
         row["C1"] = bool(CLAIMS["C1-clean"].holds(row["clean_acc"]) and CLAIMS["C1-robust"].holds(row["clean_robust"]))
         row["C2"] = bool(row["clean_dense_cos"] >= C2_DENSE)
@@ -89,12 +90,13 @@ def _f(v, fmt=".3f"):
 
 COLUMNS = (("clean_acc", "clean net clean"), ("clean_robust", "clean net robust at tau"), ("C1", "C1"),
            ("clean_dense_cos", "clean dense cos w*"), ("C2", "C2"),
-           ("adv_robust", "adv. net attacked"), ("adv_certified", "adv. net certified"),
+           ("adv_clean_acc", "adv. net clean"), ("adv_robust", "adv. net attacked"), ("adv_certified", "adv. net certified"),
            ("adv_robust_m1", "adv. attacked, margin 1"), ("C3", "C3"), ("ideal_robust", "ideal net"),
            ("purified_share", "purified share"), ("principal_kept_share", "principal atom kept"),
            ("purified_share_kept", "purified among kept"), ("clean_top_atom_share", "clean top-atom share"),
            ("init_corr", "init corr"), ("C4", "C4"), ("align_ratio", "align ratio"),
-           ("adv_steps", "adv. steps"), ("converged", "converged"), ("all", "C1-C4 together"))
+           ("adv_steps", "adv. steps"), ("diverged", "diverged"), ("converged", "converged"),
+           ("all", "C1-C4 together"))
 
 
 def claims_map_markdown(res: Results, norm: str) -> str:
@@ -104,11 +106,13 @@ def claims_map_markdown(res: Results, norm: str) -> str:
     lines = [f"# {res.name}: C1-C4 per cell ({norm}, at the training radius; mean over seeds)", "",
              "Thresholds (sim.claims): C1 clean >= 0.99 and robust <= 0.10; C2 clean dense cos >= 0.3 [ours]; C3 "
              "attacked >= 0.90, certified >= 0.80, clean >= 0.97; C4 purified share >= 0.80 and init corr <= 0.20; "
-             "align ratio (C2C4-align) >= 5. 'converged': adversarial training reached its plateau.", "",
+             "align ratio (C2C4-align) >= 5. 'diverged': the adversarially trained net's clean accuracy is below "
+             f"{DIVERGED_CLEAN_ACC} (a dead network); 'converged': its training reached its plateau and did not diverge.", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         vals = [r["label"] or "-"] + [_f(r["fields"][k]) for k in keys] + [str(r["seeds"])]
-        vals += [_f(r[c], ".0f" if c == "adv_steps" else ".2f" if c == "align_ratio" else ".3f") for c, _ in COLUMNS]
+        vals += [("**yes**" if r[c] else "no") if c == "diverged" else
+                 _f(r[c], ".0f" if c == "adv_steps" else ".2f" if c == "align_ratio" else ".3f") for c, _ in COLUMNS]
         lines.append("| " + " | ".join(vals) + " |")
     n_all = sum(r["all"] for r in rows)
     lines += ["", f"{n_all} of {len(rows)} cells have C1, C2, C3 and C4 together.", ""]
