@@ -14,6 +14,9 @@ commit of the plotting code and the sweep's own commands and commits:
   robust <= 0.10), tau_C3 up to which the adversarially trained network holds (C3: clean
   accuracy >= 0.97 and robust >= 0.90 at every radius up to it); the window where all
   three hold is (max(tau_C1, tau_lin), tau_C3] (C6); its width in the second row.
+- NORM (sweeps over d): the C6 phase diagram (sim.sweep.phase): each model's radius of 50 %
+  robust accuracy against d, the window, and its sidecar with the windows and crossings.
+- claims_map_NORM (.png and .md): C1-C4 per cell as verify judges them (sim.sweep.regime).
 - purification_vs_d: the C2 / C4 measures of the clean and adversarially trained weights.
 - weights_dictionary_basis: |M^T w_i| of the largest neurons, clean and adversarially
   trained (needs the sweep directory: the pictures are kept in each cell).
