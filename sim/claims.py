@@ -79,6 +79,8 @@ CLAIMS = {c.key: c for c in (
              "paper"),
     ClaimDef("C1-robust", "clean network: robust accuracy at the training radius (best of the attacks)", "<=", "0.10",
              "paper"),
+    ClaimDef("C2-dense", "clean network: mean cosine of the neurons' dense parts with w*", ">=", "0.3", "ours",
+             shown=">= 0.3 [ours]"),
     ClaimDef("C2C4-align", "|dense-part cosine with w*|: clean / adversarially trained", ">=", "5", "ours"),
     _C3_ROBUST,
     ClaimDef("C3-certified", "adversarially trained network: certified robust accuracy (sound lower bound)", ">=",

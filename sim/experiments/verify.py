@@ -279,10 +279,9 @@ def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False, *, resume: bool
                "threat_models": {}}
     claims: list[Claim] = []
     acc = results["clean"]["test_acc"]
-    claims.append(Claim("C1-clean", "clean network: clean test accuracy", acc, ">= 0.99", acc >= 0.99))
-    dc = results["clean"]["dense"]
-    claims.append(Claim("C2-dense", "clean network: cosine of the neurons' dense parts with w* (mean)",
-                        dc["dense_cos_mean"], ">= 0.3 [ours]", dc["dense_cos_mean"] >= 0.3))
+    claims.append(judge("C1-clean", "", "clean network: clean test accuracy", acc))
+    claims.append(judge("C2-dense", "", "clean network: cosine of the neurons' dense parts with w* (mean)",
+                        results["clean"]["dense"]["dense_cos_mean"]))
     for norm, (tm, norm_claims, norm_timings) in _threat_models(vc, clean, ideal, classes, results["clean"]["dense"],
                                                                 out, quiet, workers):
         results["threat_models"][norm] = tm

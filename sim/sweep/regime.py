@@ -5,7 +5,7 @@ the readable C4 measures, as a markdown table and a figure of heat maps.
 Per cell (mean over seeds where a cell has several), at the training radius tau of each
 threat model:
 - C1: clean accuracy >= C1-clean and robust accuracy <= C1-robust;
-- C2: the clean neurons' dense parts point along w* (dense_cos_mean >= 0.3, verify's C2-dense);
+- C2: the clean neurons' dense parts point along w* (C2-dense, as in verify);
 - C3: robust accuracy >= C3-robust (attacked) and certified >= C3-certified, clean >= C3-clean,
   with the margin-1 class beside it (the points that break first);
 - C4: purified share >= C4-purified and the init correlation <= C4-init; beside them the
@@ -27,9 +27,6 @@ from sim.claims import CLAIMS  # noqa: E402
 from sim.train.adversarial import DIVERGED_CLEAN_ACC  # noqa: E402
 
 from .analysis import Results, _short  # noqa: E402
-
-C2_DENSE = 0.3  # verify's C2-dense threshold ([ours]; sim.experiments.verify)
-
 
 def _mean(res: Results, g, model, metric, norm, tau=None):
     v = [r["value"] for r in res.get(g, model, metric, norm)
@@ -70,7 +67,7 @@ def claims_map(res: Results, norm: str) -> list[dict]:
         row["converged"] = bool(m("adv_net", "adv_converged") == 1.0 and not row["diverged"])
         row["align_ratio"] = abs(row["clean_dense_cos"]) / max(abs(row["adv_dense_cos"]), 1e-12)
         row["C1"] = bool(CLAIMS["C1-clean"].holds(row["clean_acc"]) and CLAIMS["C1-robust"].holds(row["clean_robust"]))
-        row["C2"] = bool(row["clean_dense_cos"] >= C2_DENSE)
+        row["C2"] = CLAIMS["C2-dense"].holds(row["clean_dense_cos"])
         row["C3"] = bool(CLAIMS["C3-robust"].holds(row["adv_robust"]) and CLAIMS["C3-clean"].holds(row["adv_clean_acc"])
                          and (math.isnan(row["adv_certified"]) or CLAIMS["C3-certified"].holds(row["adv_certified"])))
         row["C4"] = bool(CLAIMS["C4-purified"].holds(row["purified_share"]) and CLAIMS["C4-init"].holds(row["init_corr"]))
@@ -99,14 +96,17 @@ COLUMNS = (("clean_acc", "clean net clean"), ("clean_robust", "clean net robust 
            ("all", "C1-C4 together"))
 
 
+THRESHOLD_KEYS = ("C1-clean", "C1-robust", "C2-dense", "C3-robust", "C3-certified", "C3-clean", "C4-purified",
+                  "C4-init", "C2C4-align")
+
+
 def claims_map_markdown(res: Results, norm: str) -> str:
     rows = claims_map(res, norm)
     keys = list(rows[0]["fields"]) if rows else []
     head = ["series"] + keys + ["seeds"] + [t for _, t in COLUMNS]
     lines = [f"# {res.name}: C1-C4 per cell ({norm}, at the training radius; mean over seeds)", "",
-             "Thresholds (sim.claims): C1 clean >= 0.99 and robust <= 0.10; C2 clean dense cos >= 0.3 [ours]; C3 "
-             "attacked >= 0.90, certified >= 0.80, clean >= 0.97; C4 purified share >= 0.80 and init corr <= 0.20; "
-             "align ratio (C2C4-align) >= 5. 'diverged': the adversarially trained net's clean accuracy is below "
+             "Thresholds (sim.claims): " + "; ".join(f"{k} {CLAIMS[k].text}" for k in THRESHOLD_KEYS) + ". "
+             "'diverged': the adversarially trained net's clean accuracy is below "
              f"{DIVERGED_CLEAN_ACC} (a dead network); 'converged': its training reached its plateau and did not diverge.", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
