@@ -297,7 +297,6 @@ def run_verify(vc: VerifyConfig, out: Path, quiet: bool = False, *, resume: bool
     return doc
 
 
-
 def _threat_model(norm: str, vc: VerifyConfig, clean: CleanRun, ideal: TwoLayerNet, classes, clean_dense: dict,
                   out: Path, quiet: bool):
     """One threat model: attacks, adversarial training and its control, certificates, measures,
@@ -379,12 +378,11 @@ def _threat_models(vc: VerifyConfig, clean: CleanRun, ideal, classes, clean_dens
         for norm in vc.norms:
             yield norm, _threat_model(norm, vc, clean, ideal, classes, clean_dense, out, quiet)
         return
+    import dataclasses
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, cores // workers)
-    import dataclasses
-
     sent = dataclasses.replace(clean, log=None, snapshots={})  # the open metrics log does not travel (nor is it used)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:

@@ -80,10 +80,12 @@ def crossings(res: Results, norm: str) -> list[dict]:
     return out
 
 
-def phase_windows(res: Results, norm: str) -> list[dict]:
+def phase_windows(res: Results, norm: str, cs: list[dict] | None = None) -> list[dict]:
     """Per cell: the C6 window with C5 = linear models (tau_low, tau_high, width) and with C5 =
-    linear models and the per-atom polynomials (tau_poly, width_with_poly), and converged."""
-    cross = {(c["group"], c["cell"]): c for c in crossings(res, norm)}  # a cell may be in two series
+    linear models and the per-atom polynomials (tau_poly, width_with_poly), and converged.
+    cs: crossings(res, norm) if the caller has them."""
+    cs = crossings(res, norm) if cs is None else cs
+    cross = {(c["group"], c["cell"]): c for c in cs}  # a cell may be in two series
     atoms = _atom_models(res)
     out = []
     for w in windows(res, norm):
@@ -112,11 +114,11 @@ def _json_num(v):
 
 def phase_sidecar(res: Results, norm: str) -> dict:
     """The sidecar's content: windows and crossings (inf written as "inf", nan as null)."""
-    ws = [{k: _json_num(v) for k, v in w.items()} for w in phase_windows(res, norm)]
-    cs = [{**{k: _json_num(v) for k, v in c.items() if k not in ("radii", "group")},
-           "radii": {m: {lv: _json_num(x) for lv, x in r.items()} for m, r in c["radii"].items()}}
-          for c in crossings(res, norm)]
-    return {"norm": norm, "windows": ws, "crossings": cs,
+    cs = crossings(res, norm)
+    ws = [{k: _json_num(v) for k, v in w.items()} for w in phase_windows(res, norm, cs)]
+    cj = [{**{k: _json_num(v) for k, v in c.items() if k not in ("radii", "group")},
+           "radii": {m: {lv: _json_num(x) for lv, x in r.items()} for m, r in c["radii"].items()}} for c in cs]
+    return {"norm": norm, "windows": ws, "crossings": cj,
             "definitions": {"window": "radii where C1 (clean net <= 0.10 robust, clean acc >= 0.99), C3 (adversarially "
                             "trained net >= 0.90 attacked from the smallest radius on, clean acc >= 0.97) and C5-linear "
                             "(every linear model <= 0.10, exact) hold together: (tau_low, tau_high]",
@@ -135,7 +137,8 @@ STYLE = {"clean_net": ("network, clean training", "C0", "o"), "adv_net": ("netwo
 def figure_phase(res: Results, norm: str):
     """Top row: the radius of 50 % robust accuracy against d per model (band: 90 % to 10 %),
     one panel per k series, the window shaded; bottom row: the window widths."""
-    cs, ws = crossings(res, norm), phase_windows(res, norm)
+    cs = crossings(res, norm)
+    ws = phase_windows(res, norm, cs)
     series = [s for s in res.ordered_series() if any(c["series"] == s for c in cs)]
     atoms = _atom_models(res)
     style = dict(STYLE)

@@ -154,6 +154,9 @@ def run_adversarial(clean, vc, norm: str, kind: str, quiet: bool = True, track: 
         trace.append({"step": step, "dense_cos_mean": dm["dense_cos_mean"], "dense_ratio_mean": dm["dense_ratio_mean"],
                       "purified_share": pm["purified_share"], "robust_acc_fgm_dense": light})
 
+    def held_out_clean_acc(n):
+        return float(np.mean(np.asarray(yh) * n.forward(Xh) > 0))
+
     def on_check(step, n):
         check = step % vc.adv_check_every == 0 or step == cap
         tr = track and step % vc.adv_measure_every == 0
@@ -165,7 +168,7 @@ def run_adversarial(clean, vc, norm: str, kind: str, quiet: bool = True, track: 
         if not check:
             return False
         # a flat curve of a network that does not classify (early in training, or dead) is no plateau
-        classifies = float(np.mean(np.asarray(yh) * n.forward(Xh) > 0)) >= DIVERGED_CLEAN_ACC
+        classifies = held_out_clean_acc(n) >= DIVERGED_CLEAN_ACC
         return plateau.update(step, light, may_stop=classifies)
 
     log = MetricsLog(None)
@@ -177,7 +180,7 @@ def run_adversarial(clean, vc, norm: str, kind: str, quiet: bool = True, track: 
     if track and (not trace or trace[-1]["step"] != steps_run):
         measure(steps_run, net, plateau.values[-1])
     rec = plateau.record(steps_run)
-    rec["held_out_clean_acc"] = float(np.mean(np.asarray(yh) * net.forward(Xh) > 0))
+    rec["held_out_clean_acc"] = held_out_clean_acc(net)
     if rec["held_out_clean_acc"] < DIVERGED_CLEAN_ACC:  # a flat curve of a dead network is not convergence
         rec.update(converged=False, diverged=True)
     return AdvRun(net, log, trace, rec)
