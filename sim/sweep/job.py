@@ -79,7 +79,9 @@ def run_cell(cfg: CellConfig) -> dict:
     if cfg.save_weights:
         weights.update(W_init=clean.W_init, W_clean=clean.net.W)
 
-    def curve(net, name, norm, taus, seed0):
+    def curve(net, name, norm, taus, seed0, certified=None, per_attack=True):
+        """Attacked rows at every radius; certified rows from sim.certify for the ReLU networks, or
+        from certified(t) -> mask for another model (the per-atom polynomials)."""
         for j, t in enumerate(taus):
             rep = attacks.evaluate_robustness(net, Xe, ye, t, norm, direction=direction, pgd_steps=cfg.pgd_steps,
                                               pgd_restarts=cfg.pgd_restarts, random_draws=cfg.random_draws,
@@ -87,9 +89,14 @@ def run_cell(cfg: CellConfig) -> dict:
             rows.append(_row(name, "robust_acc", rep.robust_accuracy, norm, t))
             per_margin(name, "robust_acc", ~rep.broken, norm, t)
             rows.append(_row(name, "masking_flag", rep.masking_flag, norm, t))
-            for a, v in rep.per_attack.items():
+            for a, v in (rep.per_attack.items() if per_attack else ()):
                 rows.append(_row(name, f"attack:{a}", v, norm, t))
-        if cfg.certify and cfg.run.model.activation == "relu":
+        if certified is not None:
+            for t in taus:
+                mask = certified(t)
+                rows.append(_row(name, "certified_acc", np.mean(mask), norm, t))
+                per_margin(name, "certified_acc", mask, norm, t)
+        elif cfg.certify and cfg.run.model.activation == "relu":
             from sim.certify import certify_radii
 
             for t, res in zip(taus, certify_radii(net, Xe, ye, taus, norm, cfg.certify_method,
@@ -125,8 +132,17 @@ def run_cell(cfg: CellConfig) -> dict:
         for k, v in measures.readable_purification(clean.net.W, adv.W, p.M, cfg.principal_threshold).items():
             if v is not None:
                 rows.append(_row("adv_net", k, v, norm))
-        for P in cfg.atom_degrees:
-            _atom_rows(rows, per_margin, p, Xe, ye, te, taus, norm, P, cfg, seed0=1000 * ni + 400 + 10 * P)
+        for P in cfg.atom_degrees:  # the hand-built per-atom polynomials: attacked, certified by the Lagrangian bound
+            from sim.lowerbound.atoms import AtomPolynomial, lagrangian_certificate, step_coefficients, threat_box
+
+            poly = AtomPolynomial(p.M, p.wstar, step_coefficients(P))
+
+            def certified(t, poly=poly, norm=norm):
+                box, radius2 = threat_box(p.M, t, norm)
+                return lagrangian_certificate(poly, Xe, ye, t, box=box, radius2=radius2) > 0
+            rows.append(_row(f"atom_poly{P}", "clean_acc", np.mean(np.asarray(te.y, np.float64) * poly.forward(
+                np.asarray(te.x, np.float64)) > 0), norm, 0.0))
+            curve(poly, f"atom_poly{P}", norm, taus, 1000 * ni + 400 + 10 * P, certified=certified, per_attack=False)
         if cfg.control:
             cr = run_adversarial(clean, cfg, norm, "random", True, track=False, cap=cfg.control_steps or cfg.adv_steps)
             ctrl = cr.net
@@ -174,29 +190,6 @@ def run_cell(cfg: CellConfig) -> dict:
     return {"status": "ok", "schema": CELL_SCHEMA, "hash": config_hash(cfg), "config": cfg.to_dict(), "rows": rows,
             "data": data_summary(train, te), "timings": timings, "versions": versions(), "host": platform.node(),
             "logs": logs, "pictures": pictures, "weights": weights}
-
-
-def _atom_rows(rows, per_margin, p, Xe, ye, te, taus, norm, degree, cfg, seed0):
-    """Rows of the hand-built per-atom polynomial of degree `degree` (CellConfig.atom_degrees):
-    clean accuracy, attacked robust accuracy (evaluate_robustness, the networks' attacks) and the
-    certified one (sim.lowerbound.atoms.lagrangian_certificate) at every radius, by margin class."""
-    from sim import attacks
-    from sim.lowerbound.atoms import AtomPolynomial, lagrangian_certificate, step_coefficients, threat_box
-
-    name = f"atom_poly{degree}"
-    model = AtomPolynomial(p.M, p.wstar, step_coefficients(degree))
-    yt = np.asarray(te.y, np.float64)
-    rows.append(_row(name, "clean_acc", np.mean(yt * model.forward(np.asarray(te.x, np.float64)) > 0), norm, 0.0))
-    for j, t in enumerate(taus):
-        rep = attacks.evaluate_robustness(model, Xe, ye, t, norm, direction=p.bayes_direction, pgd_steps=cfg.pgd_steps,
-                                          pgd_restarts=cfg.pgd_restarts, random_draws=cfg.random_draws, seed=seed0 + j)
-        rows.append(_row(name, "robust_acc", rep.robust_accuracy, norm, t))
-        per_margin(name, "robust_acc", ~rep.broken, norm, t)
-        rows.append(_row(name, "masking_flag", rep.masking_flag, norm, t))
-        box, radius2 = threat_box(p.M, t, norm)
-        cert = lagrangian_certificate(model, Xe, ye, t, box=box, radius2=radius2) > 0
-        rows.append(_row(name, "certified_acc", np.mean(cert), norm, t))
-        per_margin(name, "certified_acc", cert, norm, t)
 
 
 _JOB_LOCK = threading.Lock()
