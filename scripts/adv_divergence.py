@@ -6,6 +6,7 @@ the clean test accuracy and the neurons left (norm > 0.1 x the largest).
 
     python scripts/adv_divergence.py --k 3 --seeds 0 1 2 3 --out figures/adv_divergence.jsonl
     python scripts/adv_divergence.py --k 4 --seeds 2 3 --lr 0.5 --out figures/adv_divergence.jsonl
+    python scripts/adv_divergence.py --k 4 --seeds 2 3 --tau-ramp 200 --out figures/adv_divergence.jsonl
 """
 import argparse
 import json
@@ -25,11 +26,12 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--lr", type=float, default=None, help="adv_lr (default: verify's)")
     ap.add_argument("--warmup", type=int, default=None, help="adv_warmup (default: verify's)")
+    ap.add_argument("--tau-ramp", type=int, default=None, help="adv_tau_ramp (default: verify's)")
     ap.add_argument("--out", required=True, help="JSON lines, appended")
     a = ap.parse_args()
     limit_blas_once()
     set_numba_threads(1)
-    over = {k: v for k, v in (("adv_lr", a.lr), ("adv_warmup", a.warmup)) if v is not None}
+    over = {k: v for k, v in (("adv_lr", a.lr), ("adv_warmup", a.warmup), ("adv_tau_ramp", a.tau_ramp)) if v is not None}
     for seed in a.seeds:
         vc = VerifyConfig(norms=("l2",), lower_bound=False, certify=False, **over)
         vc = vc.replace(run=vc.run.replace(data=vc.run.data.replace(seed=seed, k=a.k)))
@@ -37,7 +39,8 @@ def main():
         clean = train_clean(vc.run, None, quiet=True)
         ar = run_adversarial(clean, vc, "l2", "fgm", True, track=False)
         norms = np.linalg.norm(ar.net.W, axis=1)
-        rec = {"k": a.k, "seed": seed, "adv_lr": vc.adv_lr, "adv_warmup": vc.adv_warmup, "adv_batch": vc.adv_batch,
+        rec = {"k": a.k, "seed": seed, "adv_lr": vc.adv_lr, "adv_warmup": vc.adv_warmup,
+               "adv_tau_ramp": vc.adv_tau_ramp, "adv_batch": vc.adv_batch,
                "steps": ar.convergence["steps"], "converged": ar.convergence["converged"],
                "diverged": bool(ar.convergence.get("diverged", False)),
                "curve": [round(c["value"], 3) for c in ar.convergence["curve"]][::8],

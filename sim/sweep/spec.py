@@ -133,9 +133,20 @@ def default_dict() -> dict:
     return d
 
 
+# Fields added to CellConfig after sweeps had run, with the value that means "what the code did
+# before the field existed": left out of the hash at that value, so finished cells keep their hash
+# (and are not rerun) while a cell that sets the field gets a new one.
+HASH_NEUTRAL = {"adv_tau_ramp": 0}
+
+
 def config_hash(cfg: CellConfig) -> str:
-    """The cell's key: sha256 of the canonical JSON of its full config (16 hex digits)."""
-    doc = json.dumps({"schema": CELL_SCHEMA, "config": cfg.to_dict()}, sort_keys=True, separators=(",", ":"))
+    """The cell's key: sha256 of the canonical JSON of its full config (16 hex digits),
+    without the HASH_NEUTRAL fields that hold their neutral value."""
+    conf = cfg.to_dict()
+    for key, neutral in HASH_NEUTRAL.items():
+        if conf.get(key) == neutral:
+            del conf[key]
+    doc = json.dumps({"schema": CELL_SCHEMA, "config": conf}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 

@@ -34,10 +34,14 @@ class Perturb:
     perturbation acts on the pre-activations through W W^T, one product with X instead of
     three, no n x d copy of the points besides the one the gradient needs); it equals the
     plain path up to rounding (tests/test_train.py).
+
+    tau_ramp: the radius grows linearly from tau / tau_ramp to tau over the first tau_ramp
+    steps (radius at step t: tau * min(1, (t + 1) / tau_ramp)), as practitioners ramp the
+    radius of adversarial training; 0: the full radius from the first step.
     """
 
     def __init__(self, kind: str, tau: float, norm: str, data_cfg, pgd_steps: int = 10, fused: bool = True,
-                 rs_step: float = 1.25):
+                 rs_step: float = 1.25, tau_ramp: int = 0):
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r} is invalid: allowed {', '.join(map(repr, KINDS))}")
         attacks._check(norm, tau)
@@ -45,12 +49,21 @@ class Perturb:
             raise ValueError(f"pgd_steps={pgd_steps!r} is invalid: allowed integers >= 1")
         if not (np.isfinite(rs_step) and rs_step > 0):
             raise ValueError(f"rs_step={rs_step!r} is invalid: allowed values in (0, inf)")
+        if not (isinstance(tau_ramp, (int, np.integer)) and not isinstance(tau_ramp, bool) and tau_ramp >= 0):
+            raise ValueError(f"tau_ramp={tau_ramp!r} is invalid: allowed integers >= 0")
         self.rs_step = float(rs_step)
+        self.tau_ramp = int(tau_ramp)
         self.kind, self.tau, self.norm, self.data_cfg, self.pgd_steps, self.fused = \
             kind, float(tau), norm, data_cfg, int(pgd_steps), bool(fused)
 
+    def radius(self, step: int) -> float:
+        """The radius of the perturbations of step `step` (see tau_ramp)."""
+        if self.tau_ramp and step + 1 < self.tau_ramp:
+            return self.tau * (step + 1) / self.tau_ramp
+        return self.tau
+
     def __call__(self, net, X, y, step):
-        kind, tau, norm = self.kind, self.tau, self.norm
+        kind, tau, norm = self.kind, self.radius(step), self.norm
         if kind == "fgm":
             return attacks.fgm(net, X, y, tau, norm).x_adv
         rng = stream(self.data_cfg, STREAM_ATTACK, 1, step)
@@ -68,15 +81,15 @@ class Perturb:
     def loss_and_grad(self, net, X, y, step):
         """(loss, grad_W, grad_b, f) of net at the perturbed points of (X, y)."""
         if self.fused and self.kind == "fgm" and self.norm == "l2" and hasattr(net, "fgm_loss_and_grad"):
-            return net.fgm_loss_and_grad(X, y, self.tau)
+            return net.fgm_loss_and_grad(X, y, self.radius(step))
         Xa = np.ascontiguousarray(self(net, X, y, step), dtype=net.W.dtype)
         return net.loss_and_grad(Xa, y)
 
 
 def make_perturb(kind: str, tau: float, norm: str, data_cfg, pgd_steps: int = 10, fused: bool = True,
-                 rs_step: float = 1.25) -> Perturb:
+                 rs_step: float = 1.25, tau_ramp: int = 0) -> Perturb:
     """A Perturb for sim.train.loop.gradient_descent (see Perturb)."""
-    return Perturb(kind, tau, norm, data_cfg, pgd_steps, fused, rs_step)
+    return Perturb(kind, tau, norm, data_cfg, pgd_steps, fused, rs_step, tau_ramp)
 
 
 def light_robust_accuracy(net, X, y, tau: float, norm: str, direction) -> float:
@@ -144,7 +157,7 @@ def run_adversarial(clean, vc, norm: str, kind: str, quiet: bool = True, track: 
     Xs = te.x[:300]
     hold = holdout_slice(vc, len(te.y))
     Xh, yh = te.x[hold], te.y[hold]
-    min_steps = max(vc.adv_min_steps, vc.adv_beta_ramp if vc.adv_beta is not None else 0)
+    min_steps = max(vc.adv_min_steps, vc.adv_beta_ramp if vc.adv_beta is not None else 0, vc.adv_tau_ramp)
     plateau = Plateau(f"robust accuracy (FGM + dense, {norm} tau={tau:g}) on {len(yh)} held-out test points",
                       vc.adv_check_every, min(min_steps, cap), cap, vc.adv_plateau_tol, enabled=vc.adv_plateau)
 
@@ -173,7 +186,7 @@ def run_adversarial(clean, vc, norm: str, kind: str, quiet: bool = True, track: 
 
     log = MetricsLog(None)
     data = clean.train if vc.adv_mode == "full_batch" else None
-    gradient_descent(net, p, data, te, tcfg, perturb=make_perturb(kind, tau, norm, clean.cfg.data), log=log,
+    gradient_descent(net, p, data, te, tcfg, perturb=make_perturb(kind, tau, norm, clean.cfg.data, tau_ramp=vc.adv_tau_ramp), log=log,
                      on_check=on_check, check_every=math.gcd(vc.adv_check_every, vc.adv_measure_every), quiet=quiet,
                      desc=f"{kind} training ({norm})")
     steps_run = net.steps_run

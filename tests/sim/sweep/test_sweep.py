@@ -12,6 +12,7 @@ import pytest
 
 from sim.cli import add_sweep_commands
 from sim.common.validation import ConfigError
+from sim.sweep.spec import HASH_NEUTRAL
 from sim.sweep import (FAULT_ENV, CellConfig, SweepSpecError, config_hash, load_spec, parse_spec, plan_workers,
                        run_sweep, store)
 
@@ -110,6 +111,10 @@ def test_expressions_labels_and_hashes(tmp_path):
     s = parse_spec({"sweep": {"seeds": [0, 1]}})
     assert s.points[0].hash != s.points[1].hash and s.points[0].group == s.points[1].group
     assert sorted(spec.varying_fields()) == ["run.data.D", "run.data.d", "run.data.k"]
+    # a field added after sweeps ran leaves the hash alone at its neutral value, not when set
+    base = CellConfig(run=a.config.run)
+    assert base.adv_tau_ramp == HASH_NEUTRAL["adv_tau_ramp"]
+    assert config_hash(base.replace(adv_tau_ramp=100)) != config_hash(base)
 
 
 def test_plan_workers_never_exceeds_the_cores():

@@ -235,3 +235,46 @@ def test_a_dead_adversarial_run_is_recorded_diverged_not_converged(monkeypatch):
     monkeypatch.setattr(adv_mod, "DIVERGED_CLEAN_ACC", 1.01)  # every run now counts as dead
     rec = adv_mod.run_adversarial(clean, vc, "l2", "fgm", track=False).convergence
     assert rec["diverged"] is True and rec["converged"] is False
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_radius_ramp_perturbs_at_the_ramped_radius(fused):
+    """tau_ramp: step t of adversarial training perturbs at radius tau * min(1, (t + 1) / tau_ramp),
+    in the fused FGM path and the plain one alike; tau_ramp = 0 is the full radius at every step."""
+    from sim import attacks
+    from sim.model.data import Problem
+    from sim.model.network import TwoLayerNet
+    from sim.train.adversarial import make_perturb
+
+    cfg = SMALL.replace(data=DataConfig(d=16, k=2.0, n_train=300, n_test=50),
+                        train=TrainConfig(lr=0.5, steps=5, dtype="float64"))
+    p = Problem.from_config(cfg.data)
+    tr = p.train_set()
+    net = TwoLayerNet.init(cfg, np.float64)
+    ramp = make_perturb("fgm", 0.4, "l2", cfg.data, fused=fused, tau_ramp=4)
+    assert [ramp.radius(t) for t in (0, 1, 3, 10)] == pytest.approx([0.1, 0.2, 0.4, 0.4])
+    assert make_perturb("fgm", 0.4, "l2", cfg.data).radius(0) == 0.4
+    for step, tau in ((0, 0.1), (2, 0.3), (7, 0.4)):
+        got = ramp.loss_and_grad(net, tr.x, tr.y, step)
+        ref = net.loss_and_grad(attacks.fgm(net, tr.x, tr.y, tau, "l2").x_adv, tr.y)
+        assert abs(got[0] - ref[0]) <= 1e-12 * max(1.0, ref[0])
+        np.testing.assert_allclose(got[1], ref[1], rtol=1e-9, atol=1e-12 * np.abs(ref[1]).max())
+    with pytest.raises(ValueError, match=r"tau_ramp=-1 is invalid: allowed integers >= 0"):
+        make_perturb("fgm", 0.4, "l2", cfg.data, tau_ramp=-1)
+
+
+def test_radius_ramp_delays_the_plateau_stop():
+    """With adv_tau_ramp the plateau rule may not stop before the ramp is done."""
+    from sim.experiments.verify import ConfigError, VerifyConfig
+    from sim.train.adversarial import run_adversarial
+
+    vc = VerifyConfig(run=RunConfig(DataConfig(d=16, k=2.0, n_train=400, n_test=1200), ModelConfig(init_scale=1e-3),
+                                    TrainConfig(lr=1.0, steps=40)), norms=("l2",), tau_l2=0.3, adv_steps=60,
+                      adv_batch=200, adv_beta_ramp=5, adv_min_steps=10, adv_check_every=5, adv_holdout=200,
+                      n_eval=100, lower_bound=False, adv_plateau_tol=1.0)
+    clean = train_clean(vc.run, None, quiet=True)
+    free = run_adversarial(clean, vc, "l2", "fgm", track=False).convergence
+    ramped = run_adversarial(clean, vc.replace(adv_tau_ramp=50), "l2", "fgm", track=False).convergence
+    assert free["converged"] and free["steps"] < 50 <= ramped["steps"] < 60
+    with pytest.raises(ConfigError, match="adv_tau_ramp"):
+        vc.replace(adv_tau_ramp=-3)
