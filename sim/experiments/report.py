@@ -109,7 +109,8 @@ def _convergence_line(name, rec) -> str:
     if rec.get("diverged"):
         return (f"**{name}: DIVERGED**: after {rec['steps']} steps its clean accuracy on the held-out points is "
                 f"{rec['held_out_clean_acc']:.3f} (a dead network; not converged); its numbers are a training "
-                "failure, not the end point of training.")
+                "failure, not the end point of training. A training radius ramped up over 200 steps prevented "
+                "it where measured (`--set adv_tau_ramp=200`; README, 'Adversarial training can kill the network').")
     return (f"**{name}: NOT CONVERGED**: it reached the cap of {rec['steps']} steps before its curve met the "
             f"criterion ({rec['criterion']}); its numbers are not the end point of training.")
 
