@@ -34,6 +34,16 @@ def _odd_powers(degree):
     return np.arange(1, degree + 1, 2)
 
 
+def _horner(coef, V, cast):
+    """sum_i coef[i] V^i elementwise (Horner's scheme: a multiply and an add per coefficient,
+    where powers by ** cost a pow call per element)."""
+    acc = np.full_like(V, cast(coef[-1]))
+    for ci in coef[-2::-1]:
+        acc *= V
+        acc += cast(ci)
+    return acc
+
+
 def step_coefficients(degree: int) -> np.ndarray:
     """c for powers 1, 3, .., P of the flat step p(t) = int_0^t s^2 (1 - s^2)^((P-3)/2) ds / norm."""
     check_int("degree", degree, 3)
@@ -86,10 +96,12 @@ class AtomPolynomial:
         return self.theta[self.nc:]
 
     def p(self, U):
-        return sum(U.dtype.type(ci) * U ** l for ci, l in zip(self.c, self.powers))
+        """p(U) elementwise, by Horner's scheme in U^2 (c_1 U + c_3 U^3 + ... = U (c_1 + U^2 (c_3 + ...)))."""
+        return U * _horner(self.c, U * U, U.dtype.type)
 
     def dp(self, U):
-        return sum(U.dtype.type(ci * l) * U ** (l - 1) for ci, l in zip(self.c, self.powers))
+        """p'(U) elementwise: sum_l l c_l U^(l-1), by Horner's scheme in U^2."""
+        return _horner(self.c * self.powers, U * U, U.dtype.type)
 
     def _U(self, X):
         return np.asarray(X, self.dtype) @ self._Mc

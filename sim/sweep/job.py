@@ -132,6 +132,7 @@ def run_cell(cfg: CellConfig) -> dict:
         for k, v in measures.readable_purification(clean.net.W, adv.W, p.M, cfg.principal_threshold).items():
             if v is not None:
                 rows.append(_row("adv_net", k, v, norm))
+        t1 = time.perf_counter()
         for P in cfg.atom_degrees:  # the hand-built per-atom polynomials: attacked, certified by the Lagrangian bound
             from sim.lowerbound.atoms import AtomPolynomial, lagrangian_certificate, step_coefficients, threat_box
 
@@ -143,6 +144,8 @@ def run_cell(cfg: CellConfig) -> dict:
             rows.append(_row(f"atom_poly{P}", "clean_acc", np.mean(np.asarray(te.y, np.float64) * poly.forward(
                 np.asarray(te.x, np.float64)) > 0), norm, 0.0))
             curve(poly, f"atom_poly{P}", norm, taus, 1000 * ni + 400 + 10 * P, certified=certified, per_attack=False)
+        if cfg.atom_degrees:
+            timings[f"atom_polys_{norm}"] = time.perf_counter() - t1
         if cfg.control:
             cr = run_adversarial(clean, cfg, norm, "random", True, track=False, cap=cfg.control_steps or cfg.adv_steps)
             ctrl = cr.net
