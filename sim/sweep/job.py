@@ -112,7 +112,7 @@ def run_cell(cfg: CellConfig) -> dict:
         adv = ar.net
         timings[f"adv_training_{norm}"] = time.perf_counter() - t1
         logs[f"adv_{norm}"] = ar.log.rows
-        logs[f"adv_curve_{norm}"] = ar.convergence
+        logs[f"adv_curve_{norm}"] = [ar.convergence]  # one line: the record with its curve
         rows.append(_row("adv_net", "adv_steps", ar.convergence["steps"], norm))
         rows.append(_row("adv_net", "adv_converged", ar.convergence["converged"], norm))
         rows.append(_row("adv_net", "adv_diverged", ar.convergence.get("diverged", False), norm))
@@ -149,7 +149,7 @@ def run_cell(cfg: CellConfig) -> dict:
         if cfg.control:
             cr = run_adversarial(clean, cfg, norm, "random", True, track=False, cap=cfg.control_steps or cfg.adv_steps)
             ctrl = cr.net
-            logs[f"control_curve_{norm}"] = cr.convergence
+            logs[f"control_curve_{norm}"] = [cr.convergence]
             rows.append(_row("control_net", "control_steps", cr.convergence["steps"], norm))
             rows.append(_row("control_net", "control_converged", cr.convergence["converged"], norm))
             rows.append(_row("control_net", "clean_acc", ctrl.accuracy(te.x, te.y), norm, 0.0))

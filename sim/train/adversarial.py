@@ -133,8 +133,10 @@ def run_adversarial(clean, vc, norm: str, kind: str, quiet: bool = True, track: 
     vc: a sim.experiments.verify.VerifyConfig (its tau(norm), adv_* fields, n_eval and
     principal_threshold are read). The criterion's measure is light_robust_accuracy at the
     training radius on the held-out points holdout_slice(vc), checked every adv_check_every
-    steps; stopping is allowed from max(adv_min_steps, adv_beta_ramp) on (the bias schedule
-    done); adv_plateau=False runs to the cap and judges the curve at its end. The learning
+    steps; stopping is allowed from max(adv_min_steps, adv_beta_ramp, adv_tau_ramp) on (the bias
+    schedule and the radius ramp done), and the checks during the radius ramp do not count in the
+    plateau window (measured at the full radius, the curve can sit flat while the training radius
+    is still small); adv_plateau=False runs to the cap and judges the curve at its end. The learning
     rate warms up linearly over adv_warmup steps and decays as 1 / (1 + adv_lr_decay t).
 
     trace (track=True): the purification measures and the held-out light robust accuracy
@@ -159,7 +161,8 @@ def run_adversarial(clean, vc, norm: str, kind: str, quiet: bool = True, track: 
     Xh, yh = te.x[hold], te.y[hold]
     min_steps = max(vc.adv_min_steps, vc.adv_beta_ramp if vc.adv_beta is not None else 0, vc.adv_tau_ramp)
     plateau = Plateau(f"robust accuracy (FGM + dense, {norm} tau={tau:g}) on {len(yh)} held-out test points",
-                      vc.adv_check_every, min(min_steps, cap), cap, vc.adv_plateau_tol, enabled=vc.adv_plateau)
+                      vc.adv_check_every, min(min_steps, cap), cap, vc.adv_plateau_tol, enabled=vc.adv_plateau,
+                      origin=vc.adv_tau_ramp)
 
     def measure(step, n, light):
         dm = measures.summarize_dense(n, p.M, p.wstar, Xs, vc.principal_threshold)
@@ -186,7 +189,8 @@ def run_adversarial(clean, vc, norm: str, kind: str, quiet: bool = True, track: 
 
     log = MetricsLog(None)
     data = clean.train if vc.adv_mode == "full_batch" else None
-    gradient_descent(net, p, data, te, tcfg, perturb=make_perturb(kind, tau, norm, clean.cfg.data, tau_ramp=vc.adv_tau_ramp), log=log,
+    perturb = make_perturb(kind, tau, norm, clean.cfg.data, tau_ramp=vc.adv_tau_ramp)
+    gradient_descent(net, p, data, te, tcfg, perturb=perturb, log=log,
                      on_check=on_check, check_every=math.gcd(vc.adv_check_every, vc.adv_measure_every), quiet=quiet,
                      desc=f"{kind} training ({norm})")
     steps_run = net.steps_run

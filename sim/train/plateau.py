@@ -14,12 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-def plateaued(steps, values, window: float = 0.25, tol: float = 0.005, min_points: int = 3) -> bool:
-    """Whether the curve (steps, values) has converged at its last point (see the module)."""
+def plateaued(steps, values, window: float = 0.25, tol: float = 0.005, min_points: int = 3,
+              origin: int = 0) -> bool:
+    """Whether the curve (steps, values) has converged at its last point (see the module).
+    origin: checks before this step never count (while a radius ramp runs, the curve measured at
+    the full radius can sit flat before training at that radius has begun)."""
     if not steps:
         return False
     last = steps[-1]
-    tail = [v for s, v in zip(steps, values) if s >= (1.0 - window) * last]
+    tail = [v for s, v in zip(steps, values) if s >= max(origin, (1.0 - window) * last)]
     if len(tail) < min_points:
         return False
     return abs(tail[-1] - tail[0]) < tol and max(tail) - min(tail) < 2 * tol
@@ -39,6 +42,7 @@ class Plateau:
     tol: float = 0.005
     window: float = 0.25
     enabled: bool = True
+    origin: int = 0
     steps: list = field(default_factory=list)
     values: list = field(default_factory=list)
     stopped_at: int | None = None
@@ -54,12 +58,13 @@ class Plateau:
         return stop
 
     def converged_now(self) -> bool:
-        return plateaued(self.steps, self.values, self.window, self.tol)
+        return plateaued(self.steps, self.values, self.window, self.tol, origin=self.origin)
 
     def criterion(self) -> str:
         return (f"{self.measure} moved by < {self.tol:g} over the last {self.window:g} of the run "
                 f"(|last - first| < {self.tol:g} and max - min < {2 * self.tol:g}), checked every {self.every} steps,"
                 f" from step {self.min_steps}, cap {self.max_steps} steps"
+                + (f", counting only the checks from step {self.origin} (the end of the radius ramp)" if self.origin else "")
                 + ("" if self.enabled else " (stopping off: fixed-length run, judged at its end)"))
 
     def record(self, steps_run: int) -> dict:

@@ -143,6 +143,9 @@ def test_table_is_tidy_and_a_rerun_skips_everything(reference, tmp_path):
     assert all(r["run.data.d"] in (16, 24) and r["norms"] == ["l2"] for r in rows)
     res = json.loads((out / "cells" / spec.points[0].hash / "result.json").read_text())
     assert CellConfig.from_dict(res["config"]) == spec.points[0].config
+    # the adversarial training record, curve included, is one line of its log
+    rec = json.loads((out / "cells" / spec.points[0].hash / "metrics_adv_curve_l2.jsonl").read_text())
+    assert rec["curve"] and rec["steps"] == rec["curve"][-1]["step"] and "converged" in rec
     before = table_bytes(out)
     again = run_sweep(spec, out, workers=0, quiet=True)
     assert again.ran == 0 and again.skipped == 6 and table_bytes(out) == before

@@ -33,6 +33,20 @@ def test_plateau_stops_only_after_min_steps_and_before_the_cap():
     assert not any(off.update(s, 0.5) for s in range(0, 101, 10)) and off.record(100)["converged"]
 
 
+def test_checks_before_the_origin_never_count():
+    """A radius ramp: the curve at the full radius sits flat (0.1) until the ramp ends at step 200,
+    then rises to 0.2 at step 300. Without an origin the flat stretch passes as a plateau at step
+    200; with it the first stop is where the last quarter (all after the ramp) is flat again."""
+    curve = {s: 0.1 if s <= 200 else 0.1 + 0.001 * (s - 200) if s <= 300 else 0.2 for s in range(0, 601, 25)}
+    assert plateaued([150, 175, 200], [0.1] * 3)
+    assert not plateaued([150, 175, 200], [0.1] * 3, origin=200)
+    p = Plateau("x", every=25, min_steps=200, max_steps=600, origin=200)
+    stop_at = next(s for s in curve if p.update(s, curve[s]))
+    assert stop_at == 375 and "from step 200 (the end of the radius ramp)" in p.criterion()
+    naive = Plateau("x", every=25, min_steps=200, max_steps=600)
+    assert next(s for s in curve if naive.update(s, curve[s])) == 200
+
+
 def test_lr_schedule():
     t = TrainConfig(lr=1.0, warmup=4, lr_decay=0.5)
     assert [lr_at(t, s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]

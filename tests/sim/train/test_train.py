@@ -264,17 +264,18 @@ def test_radius_ramp_perturbs_at_the_ramped_radius(fused):
 
 
 def test_radius_ramp_delays_the_plateau_stop():
-    """With adv_tau_ramp the plateau rule may not stop before the ramp is done."""
+    """With adv_tau_ramp the plateau rule may not stop before the ramp is done, and its window holds
+    only checks from the ramp's end on (the first stop: the third check from step 50)."""
     from sim.experiments.verify import ConfigError, VerifyConfig
     from sim.train.adversarial import run_adversarial
 
     vc = VerifyConfig(run=RunConfig(DataConfig(d=16, k=2.0, n_train=400, n_test=1200), ModelConfig(init_scale=1e-3),
-                                    TrainConfig(lr=1.0, steps=40)), norms=("l2",), tau_l2=0.3, adv_steps=60,
+                                    TrainConfig(lr=1.0, steps=40)), norms=("l2",), tau_l2=0.3, adv_steps=80,
                       adv_batch=200, adv_beta_ramp=5, adv_min_steps=10, adv_check_every=5, adv_holdout=200,
                       n_eval=100, lower_bound=False, adv_plateau_tol=1.0)
     clean = train_clean(vc.run, None, quiet=True)
     free = run_adversarial(clean, vc, "l2", "fgm", track=False).convergence
     ramped = run_adversarial(clean, vc.replace(adv_tau_ramp=50), "l2", "fgm", track=False).convergence
-    assert free["converged"] and free["steps"] < 50 <= ramped["steps"] < 60
+    assert free["converged"] and free["steps"] < 50 and ramped["converged"] and ramped["steps"] == 60
     with pytest.raises(ConfigError, match="adv_tau_ramp"):
         vc.replace(adv_tau_ramp=-3)
