@@ -104,13 +104,17 @@ def margin_table(tm) -> list[str]:
 def _convergence_line(name, rec) -> str:
     if rec is None:
         return ""
+    retry = rec.get("retry")
+    if retry:
+        name = (f"{name} (retried with the radius ramped over {retry['tau_ramp']} steps: the first run diverged, "
+                f"held-out clean accuracy {retry['first_held_out_clean_acc']:.3f} after {retry['first_steps']} steps)")
     if rec["converged"]:
         return f"{name}: converged after {rec['steps']} steps ({rec['criterion']})."
     if rec.get("diverged"):
         return (f"**{name}: DIVERGED**: after {rec['steps']} steps its clean accuracy on the held-out points is "
                 f"{rec['held_out_clean_acc']:.3f} (a dead network; not converged); its numbers are a training "
                 "failure, not the end point of training. A training radius ramped up over 200 steps prevented "
-                "it where measured (`--set adv_tau_ramp=200`; README, 'Adversarial training can kill the network').")
+                "it at k = 4, not at an adversarial bias of 0.3 (`--set adv_tau_ramp=200`, or `--set adv_retry_tau_ramp=200` to ramp only a run that diverged; README, 'Adversarial training can kill the network').")
     return (f"**{name}: NOT CONVERGED**: it reached the cap of {rec['steps']} steps before its curve met the "
             f"criterion ({rec['criterion']}); its numbers are not the end point of training.")
 

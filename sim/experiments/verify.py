@@ -47,7 +47,9 @@ class VerifyConfig(_Frozen):
     and judges the curve at the end. adv_warmup: linear learning-rate warm-up steps;
     adv_lr_decay: inverse-time decay after it (0: none). adv_tau_ramp: the training radius grows
     linearly to tau over the first adv_tau_ramp steps (0: full radius from the start; stopping
-    waits for the ramp). control_steps: the cap of the
+    waits for the ramp). adv_retry_tau_ramp: a run that diverged is run once more from the clean
+    weights with the radius ramped over this many steps (0: no retry; see
+    sim.train.adversarial.run_adversarial). control_steps: the cap of the
     random-noise control run (None: adv_steps), which stops by the same criterion.
     n_eval: test points attacked. pgd_steps x
     pgd_restarts: the PGD of the robust evaluation. radii: multiples of tau for the
@@ -83,6 +85,7 @@ class VerifyConfig(_Frozen):
     adv_beta: float | None = 0.2
     adv_beta_ramp: int = 100
     adv_tau_ramp: int = 0
+    adv_retry_tau_ramp: int = 0
     control_steps: int | None = None
     n_eval: int = 1000
     pgd_steps: int = 50
@@ -125,6 +128,7 @@ class VerifyConfig(_Frozen):
                                   f"{self.run.model.bias!r}: allowed only with 'relative' or 'schedule' biases")
         _check_int("adv_beta_ramp", self.adv_beta_ramp, lo=1)
         _check_int("adv_tau_ramp", self.adv_tau_ramp, lo=0)
+        _check_int("adv_retry_tau_ramp", self.adv_retry_tau_ramp, lo=0)
         if self.control_steps is not None:
             _check_int("control_steps", self.control_steps, lo=1)
         _check_int("n_eval", self.n_eval, lo=1, hi=self.run.data.n_test)

@@ -116,6 +116,7 @@ def run_cell(cfg: CellConfig) -> dict:
         rows.append(_row("adv_net", "adv_steps", ar.convergence["steps"], norm))
         rows.append(_row("adv_net", "adv_converged", ar.convergence["converged"], norm))
         rows.append(_row("adv_net", "adv_diverged", ar.convergence.get("diverged", False), norm))
+        rows.append(_row("adv_net", "adv_retried", "retry" in ar.convergence, norm))
         t1 = time.perf_counter()
         rows.append(_row("adv_net", "clean_acc", adv.accuracy(te.x, te.y), norm, 0.0))
         curve(clean.net, "clean_net", norm, taus, 1000 * ni)

@@ -136,7 +136,7 @@ def default_dict() -> dict:
 # Fields added to CellConfig after sweeps had run, with the value that means "what the code did
 # before the field existed": left out of the hash at that value, so finished cells keep their hash
 # (and are not rerun) while a cell that sets the field gets a new one.
-HASH_NEUTRAL = {"adv_tau_ramp": 0}
+HASH_NEUTRAL = {"adv_tau_ramp": 0, "adv_retry_tau_ramp": 0}
 
 
 def config_hash(cfg: CellConfig) -> str:

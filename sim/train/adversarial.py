@@ -127,6 +127,25 @@ DIVERGED_CLEAN_ACC = 0.9
 
 def run_adversarial(clean, vc, norm: str, kind: str, quiet: bool = True, track: bool = True,
                     cap: int | None = None) -> AdvRun:
+    """Adversarial training from the clean net (run_adversarial_once), and, where that run
+    diverged and vc.adv_retry_tau_ramp exceeds vc.adv_tau_ramp, once more from the clean net with
+    the radius ramped over adv_retry_tau_ramp steps (what a practitioner does when a run dies:
+    at d = 256, k = 4 a 200-step ramp rescued every diverged seed; README, 'Adversarial training
+    can kill the network'). The second run is the result; its convergence record says so:
+    "retry": {"reason": "diverged", "tau_ramp", "first_steps", "first_held_out_clean_acc"}."""
+    run = run_adversarial_once(clean, vc, norm, kind, quiet, track, cap)
+    retry = getattr(vc, "adv_retry_tau_ramp", 0)
+    if not run.convergence.get("diverged") or retry <= vc.adv_tau_ramp:
+        return run
+    first = run.convergence
+    run = run_adversarial_once(clean, vc.replace(adv_tau_ramp=retry), norm, kind, quiet, track, cap)
+    run.convergence["retry"] = {"reason": "diverged", "tau_ramp": retry, "first_steps": first["steps"],
+                                "first_held_out_clean_acc": first["held_out_clean_acc"]}
+    return run
+
+
+def run_adversarial_once(clean, vc, norm: str, kind: str, quiet: bool = True, track: bool = True,
+                         cap: int | None = None) -> AdvRun:
     """Train a copy of the clean net (a sim.train.clean.CleanRun) on perturbed points until the
     plateau criterion (sim.train.plateau) holds or the cap (vc.adv_steps, or `cap`) is hit.
 

@@ -235,6 +235,14 @@ def test_a_dead_adversarial_run_is_recorded_diverged_not_converged(monkeypatch):
     monkeypatch.setattr(adv_mod, "DIVERGED_CLEAN_ACC", 1.01)  # every run now counts as dead
     rec = adv_mod.run_adversarial(clean, vc, "l2", "fgm", track=False).convergence
     assert rec["diverged"] is True and rec["converged"] is False
+    # a retry with a radius ramp only where a run diverged: here every run does, so both ran
+    assert "retry" not in rec  # no retry unless asked for
+    rec = adv_mod.run_adversarial(clean, vc.replace(adv_retry_tau_ramp=20), "l2", "fgm", track=False).convergence
+    assert rec["retry"]["tau_ramp"] == 20 and rec["retry"]["reason"] == "diverged"
+    assert rec["retry"]["first_steps"] == 30 and "from step 20 (the end of the radius ramp)" in rec["criterion"]
+    monkeypatch.setattr(adv_mod, "DIVERGED_CLEAN_ACC", 0.9)
+    rec = adv_mod.run_adversarial(clean, vc.replace(adv_retry_tau_ramp=20), "l2", "fgm", track=False).convergence
+    assert "retry" not in rec and not rec.get("diverged")  # a run that did not diverge is kept as it is
 
 
 @pytest.mark.parametrize("fused", [True, False])
