@@ -1,12 +1,15 @@
 """Does FGM adversarial training from the clean weights kill the network? (README, 'Adversarial
 training can kill the network'.) One run per seed: verify's l2 half (VerifyConfig defaults, no
-certificates, no lower bound) at the given k, lr and warm-up; one JSON line per run with the
-steps, the convergence record's verdicts, the held-out robust-accuracy curve (every 8th check),
-the clean test accuracy and the neurons left (norm > 0.1 x the largest).
+certificates, no lower bound) at the given k, lr, warm-up and radius ramp, or (--spec, --d) the
+cell of a sweep spec at that d, k and seed; one JSON line per run with the steps, the
+convergence record's verdicts, the held-out robust-accuracy curve (every 8th check), the clean
+test accuracy and the neurons left (norm > 0.1 x the largest). Adversarial training only: no
+retry (run_adversarial_once), so that a run that diverges shows as diverged.
 
     python scripts/adv_divergence.py --k 3 --seeds 0 1 2 3 --out figures/adv_divergence.jsonl
     python scripts/adv_divergence.py --k 4 --seeds 2 3 --lr 0.5 --out figures/adv_divergence.jsonl
     python scripts/adv_divergence.py --k 4 --seeds 2 3 --tau-ramp 200 --out figures/adv_divergence.jsonl
+    python scripts/adv_divergence.py --spec sweeps/phase.toml --d 256 --k 4 --seeds 1 2 --tau-ramp 50 --out ...
 """
 import argparse
 import json
@@ -16,28 +19,46 @@ import numpy as np
 
 from sim.common.threads import limit_blas_once, set_numba_threads
 from sim.experiments.verify import VerifyConfig
-from sim.train.adversarial import run_adversarial
+from sim.train.adversarial import run_adversarial_once
 from sim.train.clean import train_clean
+
+
+def config(a, seed: int):
+    """The run's config: verify's defaults at k, or the spec's cell at (d, k, seed); then the overrides."""
+    over = {k: v for k, v in (("adv_lr", a.lr), ("adv_warmup", a.warmup), ("adv_tau_ramp", a.tau_ramp))
+            if v is not None}
+    if a.spec is None:
+        vc = VerifyConfig(norms=("l2",), lower_bound=False, certify=False)
+        vc = vc.replace(run=vc.run.replace(data=vc.run.data.replace(seed=seed, k=a.k)))
+    else:
+        from sim.sweep.spec import load_spec
+
+        pts = [p for p in load_spec(a.spec).points if p.config.run.data.d == a.d and p.seed == seed
+               and abs(p.config.run.data.k - a.k) < 1e-9]
+        if not pts:
+            raise SystemExit(f"--spec {a.spec} has no cell at d={a.d}, k={a.k}, seed={seed}")
+        vc = pts[0].config
+    return vc.replace(**over)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--k", type=float, default=3.0)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    ap.add_argument("--lr", type=float, default=None, help="adv_lr (default: verify's)")
-    ap.add_argument("--warmup", type=int, default=None, help="adv_warmup (default: verify's)")
-    ap.add_argument("--tau-ramp", type=int, default=None, help="adv_tau_ramp (default: verify's)")
+    ap.add_argument("--lr", type=float, default=None, help="adv_lr (default: verify's, or the spec's)")
+    ap.add_argument("--warmup", type=int, default=None, help="adv_warmup (default: verify's, or the spec's)")
+    ap.add_argument("--tau-ramp", type=int, default=None, help="adv_tau_ramp (default: verify's, or the spec's)")
+    ap.add_argument("--spec", default=None, help="a sweep spec: run its cell at --d, --k and each seed")
+    ap.add_argument("--d", type=int, default=256, help="with --spec: the cell's d")
     ap.add_argument("--out", required=True, help="JSON lines, appended")
     a = ap.parse_args()
     limit_blas_once()
     set_numba_threads(1)
-    over = {k: v for k, v in (("adv_lr", a.lr), ("adv_warmup", a.warmup), ("adv_tau_ramp", a.tau_ramp)) if v is not None}
     for seed in a.seeds:
-        vc = VerifyConfig(norms=("l2",), lower_bound=False, certify=False, **over)
-        vc = vc.replace(run=vc.run.replace(data=vc.run.data.replace(seed=seed, k=a.k)))
+        vc = config(a, seed)
         t = time.time()
         clean = train_clean(vc.run, None, quiet=True)
-        ar = run_adversarial(clean, vc, "l2", "fgm", True, track=False)
+        ar = run_adversarial_once(clean, vc, "l2", "fgm", True, track=False)
         norms = np.linalg.norm(ar.net.W, axis=1)
         rec = {"k": a.k, "seed": seed, "adv_lr": vc.adv_lr, "adv_warmup": vc.adv_warmup,
                "adv_tau_ramp": vc.adv_tau_ramp, "adv_batch": vc.adv_batch,
@@ -46,6 +67,8 @@ def main():
                "curve": [round(c["value"], 3) for c in ar.convergence["curve"]][::8],
                "clean_acc": float(ar.net.accuracy(clean.test.x, clean.test.y)),
                "neurons_left": int(np.sum(norms > 0.1 * norms.max())), "seconds": round(time.time() - t, 1)}
+        if a.spec is not None:
+            rec = {"spec": a.spec, "d": a.d, **rec}
         with open(a.out, "a") as f:
             f.write(json.dumps(rec) + "\n")
         print(json.dumps(rec), flush=True)
