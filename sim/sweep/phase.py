@@ -74,6 +74,8 @@ def crossings(res: Results, norm: str) -> list[dict]:
         out.append({"cell": cell, "group": g, "seed": seed, "series": res.series[g], "d": res.config[g].get("run.data.d"),
                     "k": res.config[g].get("run.data.k"), "converged": bool(conv == 1.0) and not diverged,
                     "diverged": diverged,
+                    # retried: a first run diverged and this one ran with the radius ramp (adv_retry_tau_ramp)
+                    "retried": _value(res, g, cell, "adv_net", "adv_retried", norm) == 1.0,
                     "adv_steps": _value(res, g, cell, "adv_net", "adv_steps", norm),
                     "radii": {name: {f"r{round(100 * lv)}": radius_at(c, lv) for lv in LEVELS}
                               for name, c in curves.items() if c}})
@@ -99,7 +101,7 @@ def phase_windows(res: Results, norm: str, cs: list[dict] | None = None) -> list
         lo_all = max(w["lo"], tau_poly) if polys else w["lo"]
         out.append({"d": c["d"], "k": c["k"], "seed": c["seed"], "series": c["series"], "cell": c["cell"],
                     "tau_low": w["lo"], "tau_high": w["tau_C3"], "width": w["width"], "converged": c["converged"],
-                    "diverged": c["diverged"],
+                    "diverged": c["diverged"], "retried": c["retried"],
                     "adv_steps": c["adv_steps"], "tau_C1": w["tau_C1"], "tau_lin": w["tau_lin"],
                     "tau_poly": tau_poly,
                     "width_with_poly": max(0.0, w["tau_C3"] - lo_all) if math.isfinite(lo_all) else 0.0})

@@ -41,7 +41,7 @@ def test_atom_rows_are_attacked_and_certified_soundly(phase_run):
                        for m in ("robust_acc", "certified_acc"))
 
 
-def _synthetic(curves: dict, clean_acc=1.0, converged=1.0) -> Results:
+def _synthetic(curves: dict, clean_acc=1.0, converged=1.0, retried=None) -> Results:
     rows = []
 
     def row(model, metric, value, norm="l2", tau=math.nan):
@@ -52,6 +52,8 @@ def _synthetic(curves: dict, clean_acc=1.0, converged=1.0) -> Results:
     row("adv_net", "clean_acc", 1.0, "l2", 0.0)
     row("adv_net", "adv_converged", converged)
     row("adv_net", "adv_steps", 500.0)
+    if retried is not None:  # cells run before the retry existed have no adv_retried row
+        row("adv_net", "adv_retried", retried)
     for model, curve in curves.items():
         for t, v in curve.items():
             row(model, "robust_acc", v, "l2", t)
@@ -68,6 +70,7 @@ def test_windows_from_known_curves():
     (w,) = phase_windows(_synthetic(CURVES), "l2")
     assert (w["tau_C1"], w["tau_lin"], w["tau_low"], w["tau_high"]) == (0.2, 0.2, 0.2, 0.3)
     assert w["width"] == pytest.approx(0.1) and w["converged"] is True and w["d"] == 256 and w["k"] == 4.0
+    assert w["retried"] is False and phase_windows(_synthetic(CURVES, retried=1.0), "l2")[0]["retried"] is True
     assert w["tau_poly"] == 0.3 and w["width_with_poly"] == 0.0  # the polynomial holds to 0.3: no window
     held = dict(CURVES, atom_poly3={0.1: 0.1, 0.2: 0.0, 0.3: 0.0, 0.4: 0.0})
     (w2,) = phase_windows(_synthetic(held), "l2")
