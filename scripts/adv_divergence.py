@@ -25,8 +25,8 @@ from sim.train.clean import train_clean
 
 def config(a, seed: int):
     """The run's config: verify's defaults at k, or the spec's cell at (d, k, seed); then the overrides."""
-    over = {k: v for k, v in (("adv_lr", a.lr), ("adv_warmup", a.warmup), ("adv_tau_ramp", a.tau_ramp))
-            if v is not None}
+    over = {k: v for k, v in (("adv_lr", a.lr), ("adv_warmup", a.warmup), ("adv_tau_ramp", a.tau_ramp),
+                              ("adv_steps", a.cap)) if v is not None}
     if a.spec is None:
         vc = VerifyConfig(norms=("l2",), lower_bound=False, certify=False)
         vc = vc.replace(run=vc.run.replace(data=vc.run.data.replace(seed=seed, k=a.k)))
@@ -48,6 +48,7 @@ def main():
     ap.add_argument("--lr", type=float, default=None, help="adv_lr (default: verify's, or the spec's)")
     ap.add_argument("--warmup", type=int, default=None, help="adv_warmup (default: verify's, or the spec's)")
     ap.add_argument("--tau-ramp", type=int, default=None, help="adv_tau_ramp (default: verify's, or the spec's)")
+    ap.add_argument("--cap", type=int, default=None, help="adv_steps (default: verify's, or the spec's)")
     ap.add_argument("--spec", default=None, help="a sweep spec: run its cell at --d, --k and each seed")
     ap.add_argument("--d", type=int, default=256, help="with --spec: the cell's d")
     ap.add_argument("--out", required=True, help="JSON lines, appended")
@@ -64,7 +65,7 @@ def main():
                "adv_tau_ramp": vc.adv_tau_ramp, "adv_batch": vc.adv_batch,
                "steps": ar.convergence["steps"], "converged": ar.convergence["converged"],
                "diverged": bool(ar.convergence.get("diverged", False)),
-               "curve": [round(c["value"], 3) for c in ar.convergence["curve"]][::8],
+               "curve": [round(c["value"], 3) for c in ar.convergence["curve"]][::8], "cap": vc.adv_steps,
                "clean_acc": float(ar.net.accuracy(clean.test.x, clean.test.y)),
                "neurons_left": int(np.sum(norms > 0.1 * norms.max())), "seconds": round(time.time() - t, 1)}
         if a.spec is not None:
