@@ -114,7 +114,9 @@ def _convergence_line(name, rec) -> str:
         return (f"**{name}: DIVERGED**: after {rec['steps']} steps its clean accuracy on the held-out points is "
                 f"{rec['held_out_clean_acc']:.3f} (a dead network; not converged); its numbers are a training "
                 "failure, not the end point of training. A training radius ramped up over 200 steps prevented "
-                "it at k = 4, not at an adversarial bias of 0.3 (`--set adv_tau_ramp=200`, or `--set adv_retry_tau_ramp=200` to ramp only a run that diverged; README, 'Adversarial training can kill the network').")
+                "it at k = 4, not at an adversarial bias of 0.3 (`--set adv_tau_ramp=200`, or "
+                "`--set adv_retry_tau_ramp=200` to ramp only a run that diverged; README, 'Adversarial training "
+                "can kill the network').")
     return (f"**{name}: NOT CONVERGED**: it reached the cap of {rec['steps']} steps before its curve met the "
             f"criterion ({rec['criterion']}); its numbers are not the end point of training.")
 

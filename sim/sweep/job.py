@@ -49,6 +49,7 @@ def run_cell(cfg: CellConfig) -> dict:
     from sim.train.clean import data_summary, train_clean
     from sim.model.data import margin_classes
     from sim.model.network import ideal_network
+    from sim.lowerbound.atoms import AtomPolynomial, lagrangian_certificate, step_coefficients, threat_box
     from sim.train.adversarial import run_adversarial
 
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -135,8 +136,6 @@ def run_cell(cfg: CellConfig) -> dict:
                 rows.append(_row("adv_net", k, v, norm))
         t1 = time.perf_counter()
         for P in cfg.atom_degrees:  # the hand-built per-atom polynomials: attacked, certified by the Lagrangian bound
-            from sim.lowerbound.atoms import AtomPolynomial, lagrangian_certificate, step_coefficients, threat_box
-
             poly = AtomPolynomial(p.M, p.wstar, step_coefficients(P))
 
             def certified(t, poly=poly, norm=norm):

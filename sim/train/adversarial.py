@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim import attacks, measures
+from sim.common.validation import _check_int
 from sim.model.config import TrainConfig
 from sim.model.data import STREAM_ATTACK, stream
 
@@ -49,8 +50,7 @@ class Perturb:
             raise ValueError(f"pgd_steps={pgd_steps!r} is invalid: allowed integers >= 1")
         if not (np.isfinite(rs_step) and rs_step > 0):
             raise ValueError(f"rs_step={rs_step!r} is invalid: allowed values in (0, inf)")
-        if not (isinstance(tau_ramp, (int, np.integer)) and not isinstance(tau_ramp, bool) and tau_ramp >= 0):
-            raise ValueError(f"tau_ramp={tau_ramp!r} is invalid: allowed integers >= 0")
+        _check_int("tau_ramp", tau_ramp, lo=0)
         self.rs_step = float(rs_step)
         self.tau_ramp = int(tau_ramp)
         self.kind, self.tau, self.norm, self.data_cfg, self.pgd_steps, self.fused = \
@@ -134,7 +134,7 @@ def run_adversarial(clean, vc, norm: str, kind: str, quiet: bool = True, track: 
     can kill the network'). The second run is the result; its convergence record says so:
     "retry": {"reason": "diverged", "tau_ramp", "first_steps", "first_held_out_clean_acc"}."""
     run = run_adversarial_once(clean, vc, norm, kind, quiet, track, cap)
-    retry = getattr(vc, "adv_retry_tau_ramp", 0)
+    retry = vc.adv_retry_tau_ramp
     if not run.convergence.get("diverged") or retry <= vc.adv_tau_ramp:
         return run
     first = run.convergence
