@@ -106,6 +106,26 @@ class Results:
                 out[r["tau"]].append(r["value"])
         return dict(sorted(out.items()))
 
+    def adv_diverged(self, g, norm, cell=None) -> bool:
+        """Whether adversarial training killed the network, in one cell of group g (cell: its hash)
+        or in any seed of g (cell=None). The cell's own record decides: its adv_diverged row (the
+        held-out clean accuracy below sim.train.adversarial.DIVERGED_CLEAN_ACC at the run's end);
+        a cell recorded before that row existed is judged by the same rule on its test clean
+        accuracy."""
+        from sim.train.adversarial import DIVERGED_CLEAN_ACC
+
+        cells = [cell] if cell is not None else list(dict.fromkeys(r["cell"] for r in self.rows if r["_g"] == g))
+        for c in cells:
+            rec = [r["value"] for r in self.get(g, "adv_net", "adv_diverged", norm) if r["cell"] == c]
+            if rec:
+                if rec[0] == 1.0:
+                    return True
+                continue
+            acc = [r["value"] for r in self.get(g, "adv_net", "clean_acc", norm) if r["cell"] == c]
+            if acc and acc[0] < DIVERGED_CLEAN_ACC:
+                return True
+        return False
+
     def seeds_of(self, g) -> list[int]:
         return sorted({r["seed"] for r in self.rows if r["_g"] == g})
 

@@ -28,7 +28,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sim.claims import CLAIMS  # noqa: E402
-from sim.train.adversarial import DIVERGED_CLEAN_ACC  # noqa: E402
 
 from .analysis import LINEAR, Results, _short, radius_at, windows  # noqa: E402
 
@@ -68,9 +67,7 @@ def crossings(res: Results, norm: str) -> list[dict]:
         if not curves["clean_net"]:
             continue
         conv = _value(res, g, cell, "adv_net", "adv_converged", norm)
-        # diverged: the adversarially trained net's clean test accuracy below DIVERGED_CLEAN_ACC (a dead
-        # network; cells run before the record checked it carry only adv_converged)
-        diverged = bool(_value(res, g, cell, "adv_net", "clean_acc", norm) < DIVERGED_CLEAN_ACC)
+        diverged = res.adv_diverged(g, norm, cell)  # a dead network (the cell's adv_diverged record)
         out.append({"cell": cell, "group": g, "seed": seed, "series": res.series[g], "d": res.config[g].get("run.data.d"),
                     "k": res.config[g].get("run.data.k"), "converged": bool(conv == 1.0) and not diverged,
                     "diverged": diverged,

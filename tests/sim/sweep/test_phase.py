@@ -41,7 +41,7 @@ def test_atom_rows_are_attacked_and_certified_soundly(phase_run):
                        for m in ("robust_acc", "certified_acc"))
 
 
-def _synthetic(curves: dict, clean_acc=1.0, converged=1.0, retried=None) -> Results:
+def _synthetic(curves: dict, clean_acc=1.0, converged=1.0, retried=None, adv_clean_acc=1.0, diverged=None) -> Results:
     rows = []
 
     def row(model, metric, value, norm="l2", tau=math.nan):
@@ -49,8 +49,10 @@ def _synthetic(curves: dict, clean_acc=1.0, converged=1.0, retried=None) -> Resu
                      "metric": metric, "norm": norm, "tau": tau, "value": value, "run.data.d": 256,
                      "run.data.k": 4.0, "tau_l2": 0.25})
     row("clean_net", "clean_acc", clean_acc, "", 0.0)
-    row("adv_net", "clean_acc", 1.0, "l2", 0.0)
+    row("adv_net", "clean_acc", adv_clean_acc, "l2", 0.0)
     row("adv_net", "adv_converged", converged)
+    if diverged is not None:  # cells run before the record existed have no adv_diverged row
+        row("adv_net", "adv_diverged", diverged)
     row("adv_net", "adv_steps", 500.0)
     if retried is not None:  # cells run before the retry existed have no adv_retried row
         row("adv_net", "adv_retried", retried)
@@ -120,3 +122,18 @@ def test_phase_spec_is_valid():
     assert len({p.seed for p in spec.points}) >= 2
     assert all(c.adv_plateau and c.run.data.sparsity == "exact" and c.atom_degrees for c in cfgs)
     assert Path(ROOT / "sweeps" / "phase.toml").read_text().count("--order shortest") >= 1
+
+
+def test_divergence_is_read_from_the_cells_record():
+    """A dead network is the training record's verdict (held-out clean accuracy at the run's end),
+    one helper for the phase diagram and the claims map; cells without the record fall back to the
+    same rule on the test clean accuracy."""
+    def div(**kw):
+        res = _synthetic(CURVES, **kw)
+        return res.adv_diverged(res.groups[0], "l2"), crossings(res, "l2")[0]["diverged"]
+    assert div(diverged=1.0) == (True, True)                       # recorded dead, test acc 1.0
+    assert div(diverged=0.0, adv_clean_acc=0.85) == (False, False)  # the record decides
+    assert div(adv_clean_acc=0.85) == (True, True)                  # no record: the test clean accuracy
+    assert div(adv_clean_acc=0.95) == (False, False)
+    (c,) = crossings(_synthetic(CURVES, diverged=1.0), "l2")
+    assert c["converged"] is False
