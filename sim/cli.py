@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -129,13 +130,16 @@ def _cmd_sweep(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / spec.name
     _check_output_dir(out)
     if args.dry_run:
-        for p in spec.points:
+        from .sweep.spec import parse_only, select_points
+
+        for p in select_points(spec.points, parse_only(args.only)):
             print(f"{p.hash}  seed={p.seed}  {p.label}  {json.dumps(_jsonable(p.assignments))}")
-        print(f"{len(_unique(spec.points))} cells; would write {out}")
+        n = len(_unique(select_points(spec.points, parse_only(args.only))))
+        print(f"{n} cells" + (f" of {len(_unique(spec.points))} (--only)" if args.only else "") + f"; would write {out}")
         return 0
     summary = run_sweep(spec, out, workers=args.workers, threads=args.threads, scheduler=args.scheduler,
                         quiet=args.quiet, command=_command(args), retry_failed=not args.no_retry_failed,
-                        order=args.order or "longest")
+                        order=args.order or "longest", only=args.only)
     print(summary.text())
     return 1 if summary.failed else 0
 
@@ -146,6 +150,7 @@ def _command(args) -> str:
         v = getattr(args, flag)
         if v is not None:
             parts.append(f"--{flag} {v}")
+    parts += [f"--only {shlex.quote(o)}" for o in args.only or []]
     if args.quiet:
         parts.append("--quiet")
     return " ".join(parts)
@@ -190,6 +195,10 @@ def add_sweep_commands(subparsers) -> None:
     s.add_argument("--order", choices=("longest", "shortest"), default=None,
                    help="which unfinished cells run first: longest (default; the shortest makespan) or shortest "
                         "(a sweep spread over several sessions fills in from the cheap end)")
+    s.add_argument("--only", action="append", metavar="FIELD=VALUE[,VALUE...]",
+                   help="run only the unfinished cells with these values (repeatable; all must match), e.g. "
+                        "--only k=4 --only d=1024,2048: a slice of a long sweep first; the table still covers "
+                        "every finished cell")
     s.add_argument("--no-retry-failed", action="store_true", help="leave the cells that failed before as they are")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_sweep)
@@ -310,8 +319,6 @@ def add_lowerbound_command(subparsers) -> None:
 
 def _cmd_lowerbound_options(a) -> int:
     import re
-    import shlex
-
     from .lowerbound.options import OptionsRun, markdown, run_options
 
     only = tuple(re.split(r",(?! )", a.only)) if a.only else None  # a comma and a space stay in a name
@@ -386,8 +393,6 @@ def add_experiments_command(subparsers) -> None:
 
 
 def _cmd_strategies(args) -> int:
-    import shlex
-
     from .claims import claims_table
     from .experiments.strategies import StrategiesConfig, config_with_sets, quick_config, run_strategies
 

@@ -12,6 +12,8 @@ atomically: a cell is finished iff its result.json is there), then rebuilds the 
 `OUT/results.csv` (one row per cell, seed, model, metric, radius; with the config columns)
 from the finished cells. Killed at any moment and started again, a sweep skips the
 finished cells and redoes the rest; a half-written cell has no result.json and is redone.
+`--only FIELD=VALUE[,VALUE...]` (repeatable) runs only the matching unfinished cells (a slice of a
+long sweep first, e.g. `--only k=4 --only d=1024,2048`); the table covers every finished cell.
 
 Spec format::
 

@@ -78,20 +78,29 @@ class SweepSummary:
 
 def run_sweep(spec: SweepSpec, out, *, workers: int | None = None, threads: int | None = None, scheduler=None,
               quiet: bool = False, command: str | None = None, retry_failed: bool = True,
-              order: str = "longest") -> SweepSummary:
+              order: str = "longest", only: list[str] | None = None) -> SweepSummary:
     """Run every unfinished cell of the spec and rebuild the table; returns the summary.
 
     order: 'longest' first (by the estimated cost: the shortest makespan on several workers)
     or 'shortest' first (finished cells early: a sweep that spans several sessions, resumed
     each time, fills in from the cheap end).
 
+    only: `FIELD=VALUE[,VALUE...]` filters (sim.sweep.spec.parse_only): run only the unfinished
+    cells that match them all (a slice of the sweep first, e.g. ["k=4", "d=1024,2048"]); the
+    table, sweep.json and the summary still cover the whole spec.
+
     scheduler: None (local processes; workers=0 runs the cells in this process, one by
     one), a Dask scheduler address, or a distributed.Client.
     """
     from . import store
+    from .spec import parse_only, select_points
 
     check_workers(workers, threads)
     _check_choice("order", order, ORDERS)
+    selected = {p.hash for p in select_points(spec.points, parse_only(only))}
+    if not selected:
+        raise ConfigError(f"--only {' '.join(only or [])!r} is invalid: it matches none of the sweep's "
+                          f"{len(_unique(spec.points))} cells; allowed values that some cell has (see --dry-run)")
     t0 = time.perf_counter()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -105,7 +114,7 @@ def run_sweep(spec: SweepSpec, out, *, workers: int | None = None, threads: int 
         st = store.cell_state(out, p.hash)
         if st == "done" or (st == "failed" and not retry_failed):
             skipped += 1
-        else:
+        elif p.hash in selected:
             todo.append(p)
     todo.sort(key=lambda p: (-p.cost() if order == "longest" else p.cost(), p.index))
     failed_now: dict[str, dict] = {}

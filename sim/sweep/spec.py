@@ -339,6 +339,53 @@ class SweepSpec:
         return [k for k in keys if len({json.dumps(f[k], sort_keys=True) for f in flat}) > 1]
 
 
+def parse_only(only: list[str] | None) -> dict[str, list]:
+    """`--only FIELD=VALUE[,VALUE...]` filters -> {dotted field (or 'label'): allowed values}.
+    FIELD is a dotted CellConfig name or a bare one resolved like an expression's (d -> run.data.d,
+    seed -> run.data.seed); values are numbers (compared to 1e-9 relative) or text."""
+    out: dict[str, list] = {}
+    for item in only or []:
+        name, eq, text = item.partition("=")
+        name, text = name.strip(), text.strip()
+        if not eq or not name or not text:
+            raise SweepSpecError(f"--only {item!r} is invalid: allowed FIELD=VALUE[,VALUE...], e.g. "
+                                 "run.data.d=1024 or k=4 or label='k = 4'")
+        if name != "label":
+            name = next((pre + name for pre in _SEARCH if pre + name in FIELD_TYPES), name)
+            _check_field(name, f"--only {item!r}")
+        vals = []
+        for v in (text.split(",") if name != "label" else [text]):
+            v = v.strip().strip("'\"")
+            try:
+                vals.append(float(v))
+            except ValueError:
+                vals.append(v)
+        out.setdefault(name, []).extend(vals)
+    return out
+
+
+def _matches(value, allowed: list) -> bool:
+    for a in allowed:
+        if isinstance(a, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isclose(float(value), a, rel_tol=1e-9, abs_tol=1e-12):
+                return True
+        elif str(value) == str(a):
+            return True
+    return False
+
+
+def select_points(points: list, only: dict[str, list]) -> list:
+    """The points whose every filtered field (and label) is one of its allowed values."""
+    if not only:
+        return list(points)
+    out = []
+    for p in points:
+        flat = flatten(p.config.to_dict())
+        if all(_matches(p.label if f == "label" else flat.get(f), vals) for f, vals in only.items()):
+            out.append(p)
+    return out
+
+
 _SPEC_SECTIONS = ("sweep", "base", "grid", "cells")
 _SWEEP_KEYS = ("name", "description", "seeds")
 

@@ -185,6 +185,28 @@ def test_killed_sweep_resumes_to_the_same_table(reference, tmp_path):
     assert not list(d.glob(".*.tmp"))
 
 
+def test_only_runs_a_slice_first_and_the_rest_resumes(reference, tmp_path):
+    from sim.sweep.spec import parse_only, select_points
+
+    spec, ref_out, _ = reference
+    assert {p.label for p in select_points(spec.points, parse_only(["label=k=2"]))} == {"k=2"}
+    assert len(select_points(spec.points, parse_only(["run.data.d=16,24", "seed=1"]))) == 4
+    out = tmp_path / "out"
+    part = run_sweep(spec, out, workers=0, quiet=True, only=["d=24", "seed=0"])
+    chosen = {p.hash for p in spec.points if p.config.run.data.d == 24 and p.seed == 0}
+    assert part.ran == len(chosen) == 2 and part.total == 6
+    assert {p.hash for p in spec.points if store.cell_state(out, p.hash) == "done"} == chosen
+    assert {r["cell"] for r in store.read_table(out)} == chosen  # the table holds what is finished
+    rest = run_sweep(spec, out, workers=0, quiet=True)
+    assert rest.skipped == 2 and rest.ran == 4 and table_bytes(out) == table_bytes(ref_out)
+    with pytest.raises(ConfigError, match="--only 'd=99' is invalid: it matches none"):
+        run_sweep(spec, out, workers=0, quiet=True, only=["d=99"])
+    with pytest.raises(ConfigError, match="unknown field 'dd'"):
+        run_sweep(spec, out, workers=0, quiet=True, only=["dd=1"])
+    with pytest.raises(ConfigError, match="allowed FIELD=VALUE"):
+        run_sweep(spec, out, workers=0, quiet=True, only=["d"])
+
+
 def test_failures_are_recorded_and_the_sweep_goes_on(reference, tmp_path, monkeypatch):
     spec, ref_out, _ = reference
     victims = [spec.points[1].hash, spec.points[5].hash]
