@@ -119,3 +119,10 @@ def prox_np(Z, T, V, G, lo, hi):
     obj = np.where(ok, G - cand * V - (cand - Z[..., None]) ** 2 / (2 * T[:, None, None]), -np.inf)
     k = np.argmax(obj, axis=2)
     return np.clip(np.take_along_axis(cand, k[..., None], axis=2)[..., 0], 0.0, 1.0)
+
+
+def dual_bounds(V, E2, lam, fixed, rad):
+    """The Lagrangian certificate's dual bound B(lam) per point (sim.lowerbound.atoms.dual_bounds):
+    sum_j min_k (V_ijk + lam_i E2_jk) + fixed_i - lam_i rad."""
+    V, E2, lam = np.asarray(V, np.float64), np.asarray(E2, np.float64), np.asarray(lam, np.float64)
+    return (V + lam[:, None, None] * E2[None]).min(axis=2).sum(axis=1) + fixed - lam * rad

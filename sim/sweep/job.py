@@ -49,7 +49,8 @@ def run_cell(cfg: CellConfig) -> dict:
     from sim.train.clean import data_summary, train_clean
     from sim.model.data import margin_classes
     from sim.model.network import ideal_network
-    from sim.lowerbound.atoms import AtomPolynomial, lagrangian_certificate, step_coefficients, threat_box
+    from sim.lowerbound.atoms import (AtomPolynomial, lagrangian_certificate, step_coefficients, threat_box,
+                                      threat_geometry)
     from sim.train.adversarial import run_adversarial
 
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -135,11 +136,12 @@ def run_cell(cfg: CellConfig) -> dict:
             if v is not None:
                 rows.append(_row("adv_net", k, v, norm))
         t1 = time.perf_counter()
+        geometry = threat_geometry(p.M, norm) if cfg.atom_degrees else None  # once, not at every radius
         for P in cfg.atom_degrees:  # the hand-built per-atom polynomials: attacked, certified by the Lagrangian bound
             poly = AtomPolynomial(p.M, p.wstar, step_coefficients(P))
 
             def certified(t, poly=poly, norm=norm):
-                box, radius2 = threat_box(p.M, t, norm)
+                box, radius2 = threat_box(p.M, t, norm, geometry)
                 return lagrangian_certificate(poly, Xe, ye, t, box=box, radius2=radius2) > 0
             rows.append(_row(f"atom_poly{P}", "clean_acc", np.mean(np.asarray(te.y, np.float64) * poly.forward(
                 np.asarray(te.x, np.float64)) > 0), norm, 0.0))

@@ -12,6 +12,7 @@ from sim.lowerbound import (AtomPolynomial, Budget, LinearModel, NTKModel, Oracl
                             activation_probability, c5_claims, fit_logistic, fit_robust_accuracy, fit_robust_logistic,
                             format_table, kappa_coefficients, lagrangian_certificate, lower_bound_table,
                             monomial_coefficients, ntk_infinite, step_coefficients, threat_box)
+from sim.lowerbound.atoms import threat_geometry
 from sim.lowerbound.linear import robust_loss
 from sim.model.network import TwoLayerNet
 
@@ -532,3 +533,40 @@ def test_linear_surrogate_gradient_matches_autograd(norm):
     np.testing.assert_allclose(r, rt.detach().numpy(), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(g, wt.grad.numpy(), rtol=1e-10, atol=1e-13)
     assert np.array_equal(r > 0, LinearModel(w).robust_margin(X, y, 0.2, norm) > 0)  # r > 0 iff robust
+
+
+def test_dual_bounds_kernel_matches_the_numpy_reference_for_any_thread_count():
+    """The certificate's fused kernel against tests/naive.py, and the same bits on 1 and 2 threads."""
+    import numba
+
+    from sim.lowerbound.atoms import dual_bounds
+    from tests import naive
+
+    rng = np.random.default_rng(5)
+    V = rng.standard_normal((9, 40, 17))
+    E2 = rng.random((40, 17))
+    lam = np.concatenate([[0.0], np.exp(rng.uniform(-9, 9, size=8))])
+    fixed = rng.standard_normal(9)
+    got = dual_bounds(V, E2, lam, fixed, 0.3)
+    ref = naive.dual_bounds(V, E2, lam, fixed, 0.3)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+    if numba.config.NUMBA_NUM_THREADS >= 2:
+        before = numba.get_num_threads()
+        try:
+            outs = []
+            for t in (1, 2):
+                numba.set_num_threads(t)
+                outs.append(dual_bounds(V, E2, lam, fixed, 0.3).tobytes())
+        finally:
+            numba.set_num_threads(before)
+        assert outs[0] == outs[1]
+
+
+def test_threat_geometry_gives_threat_box_the_same_numbers():
+    rng = np.random.default_rng(6)
+    M = rng.standard_normal((12, 15))
+    for norm in attacks.NORMS:
+        geo = threat_geometry(M, norm)
+        for tau in (0.05, 0.3):
+            a, b = threat_box(M, tau, norm), threat_box(M, tau, norm, geo)
+            assert a[0].tobytes() == b[0].tobytes() and a[1] == b[1]
