@@ -194,7 +194,8 @@ def test_only_runs_a_slice_first_and_the_rest_resumes(reference, tmp_path):
     out = tmp_path / "out"
     part = run_sweep(spec, out, workers=0, quiet=True, only=["d=24", "seed=0"])
     chosen = {p.hash for p in spec.points if p.config.run.data.d == 24 and p.seed == 0}
-    assert part.ran == len(chosen) == 2 and part.total == 6
+    assert part.ran == len(chosen) == 2 and part.total == 6 and part.finished == 2
+    assert "2 of 6 cells finished" in part.text()
     assert {p.hash for p in spec.points if store.cell_state(out, p.hash) == "done"} == chosen
     assert {r["cell"] for r in store.read_table(out)} == chosen  # the table holds what is finished
     rest = run_sweep(spec, out, workers=0, quiet=True)
