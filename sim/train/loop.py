@@ -108,9 +108,10 @@ def gradient_descent(net: TwoLayerNet, problem: Problem, train: Dataset | None, 
                    bias_mean=float(np.mean(net.bias())))
         lr = lr_at(tcfg, step)
         row["lr"] = lr
-        net.W -= dtype.type(lr) * gW
-        if net.model.bias == "trained":
-            net.b -= lr * gb
+        with np.errstate(over="ignore"):  # an overflow is caught and reported just below
+            net.W -= dtype.type(lr) * gW
+            if net.model.bias == "trained":
+                net.b -= lr * gb
         if not (np.isfinite(net.W).all() and np.isfinite(net.b).all()):
             raise FloatingPointError(f"weights overflowed at step {step}: lower lr (now {tcfg.lr})")
         row["seconds"] = time.perf_counter() - t0
