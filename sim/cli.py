@@ -132,10 +132,10 @@ def _cmd_sweep(args) -> int:
     if args.dry_run:
         from .sweep.spec import parse_only, select_points
 
-        for p in select_points(spec.points, parse_only(args.only)):
+        points = select_points(spec.points, parse_only(args.only))
+        for p in points:
             print(f"{p.hash}  seed={p.seed}  {p.label}  {json.dumps(_jsonable(p.assignments))}")
-        n = len(_unique(select_points(spec.points, parse_only(args.only))))
-        print(f"{n} cells" + (f" of {len(_unique(spec.points))} (--only)" if args.only else "") + f"; would write {out}")
+        print(f"{len(_unique(points))} cells" + (f" of {len(_unique(spec.points))} (--only)" if args.only else "") + f"; would write {out}")
         return 0
     summary = run_sweep(spec, out, workers=args.workers, threads=args.threads, scheduler=args.scheduler,
                         quiet=args.quiet, command=_command(args), retry_failed=not args.no_retry_failed,

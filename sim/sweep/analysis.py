@@ -106,6 +106,11 @@ class Results:
                 out[r["tau"]].append(r["value"])
         return dict(sorted(out.items()))
 
+    def cell_value(self, g, cell, model, metric, norm) -> float:
+        """The value of one row of one cell (its hash) of group g; nan if the cell has no such row."""
+        v = [r["value"] for r in self.get(g, model, metric, norm) if r["cell"] == cell]
+        return v[0] if v else math.nan
+
     def adv_diverged(self, g, norm, cell=None) -> bool:
         """Whether adversarial training killed the network, in one cell of group g (cell: its hash)
         or in any seed of g (cell=None). The cell's own record decides: its adv_diverged row (the
@@ -116,13 +121,10 @@ class Results:
 
         cells = [cell] if cell is not None else list(dict.fromkeys(r["cell"] for r in self.rows if r["_g"] == g))
         for c in cells:
-            rec = [r["value"] for r in self.get(g, "adv_net", "adv_diverged", norm) if r["cell"] == c]
+            rec = self.cell_value(g, c, "adv_net", "adv_diverged", norm)
+            if math.isnan(rec):  # recorded before the row existed (a cell with no clean_acc row: not dead)
+                rec = self.cell_value(g, c, "adv_net", "clean_acc", norm) < DIVERGED_CLEAN_ACC
             if rec:
-                if rec[0] == 1.0:
-                    return True
-                continue
-            acc = [r["value"] for r in self.get(g, "adv_net", "clean_acc", norm) if r["cell"] == c]
-            if acc and acc[0] < DIVERGED_CLEAN_ACC:
                 return True
         return False
 

@@ -57,16 +57,15 @@ class SweepSummary:
     failed: list
     seconds: float
     table: str
+    finished: int  # cells with a result now (with --only, fewer than total - failed)
     cell_seconds: float = 0.0
     cell_cpu_seconds: float = 0.0
-    finished: int | None = None  # cells with a result now (None: every cell but the failed ones)
 
     def to_dict(self):
         return dict(self.__dict__)
 
     def text(self) -> str:
-        ok = self.total - len(self.failed) if self.finished is None else self.finished
-        lines = [f"sweep {self.name}: {ok} of {self.total} cells finished ({self.skipped} already done, {self.ran} run "
+        lines = [f"sweep {self.name}: {self.finished} of {self.total} cells finished ({self.skipped} already done, {self.ran} run "
                  f"now) in {self.seconds:.0f} s; table: {self.table}"]
         if self.ran:
             lines.append(f"cells run now: {self.cell_seconds:.0f} s of wall time, {self.cell_cpu_seconds:.0f} CPU s")
@@ -154,8 +153,9 @@ def run_sweep(spec: SweepSpec, out, *, workers: int | None = None, threads: int 
             failures.append({"hash": p.hash, "label": p.label, "assignments": _jsonable(p.assignments),
                              "error": rec.get("error", "?")})
     summary = SweepSummary(spec.name, str(out), len(_unique(spec.points)), skipped, len(todo), failures,
-                           time.perf_counter() - t0, str(table), cell_seconds[0], cell_seconds[1],
-                           finished=sum(store.cell_state(out, p.hash) == "done" for p in _unique(spec.points)))
+                           time.perf_counter() - t0, str(table),
+                           sum(store.cell_state(out, p.hash) == "done" for p in _unique(spec.points)),
+                           cell_seconds[0], cell_seconds[1])
     from sim.common.files import atomic_write_json
 
     atomic_write_json(out / "summary.json", summary.to_dict())

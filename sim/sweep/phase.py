@@ -44,11 +44,6 @@ def _curve(res, g, cell, model, norm, metric="robust_acc"):
     return {r["tau"]: r["value"] for r in res.get(g, model, metric, norm) if r["cell"] == cell}
 
 
-def _value(res, g, cell, model, metric, norm):
-    v = [r["value"] for r in res.get(g, model, metric, norm) if r["cell"] == cell]
-    return v[0] if v else math.nan
-
-
 def crossings(res: Results, norm: str) -> list[dict]:
     """Per cell: d, k, seed, series, whether adversarial training converged (and its steps), and
     for each model {"r90", "r50", "r10"} (radii, see the module docstring)."""
@@ -66,14 +61,14 @@ def crossings(res: Results, norm: str) -> list[dict]:
             curves[a] = _curve(res, g, cell, a, norm)
         if not curves["clean_net"]:
             continue
-        conv = _value(res, g, cell, "adv_net", "adv_converged", norm)
+        conv = res.cell_value(g, cell, "adv_net", "adv_converged", norm)
         diverged = res.adv_diverged(g, norm, cell)  # a dead network (the cell's adv_diverged record)
         out.append({"cell": cell, "group": g, "seed": seed, "series": res.series[g], "d": res.config[g].get("run.data.d"),
                     "k": res.config[g].get("run.data.k"), "converged": bool(conv == 1.0) and not diverged,
                     "diverged": diverged,
                     # retried: a first run diverged and this one ran with the radius ramp (adv_retry_tau_ramp)
-                    "retried": _value(res, g, cell, "adv_net", "adv_retried", norm) == 1.0,
-                    "adv_steps": _value(res, g, cell, "adv_net", "adv_steps", norm),
+                    "retried": res.cell_value(g, cell, "adv_net", "adv_retried", norm) == 1.0,
+                    "adv_steps": res.cell_value(g, cell, "adv_net", "adv_steps", norm),
                     "radii": {name: {f"r{round(100 * lv)}": radius_at(c, lv) for lv in LEVELS}
                               for name, c in curves.items() if c}})
     return out

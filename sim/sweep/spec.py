@@ -184,6 +184,15 @@ _BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: l
 _SEARCH = ("run.data.", "run.model.", "run.train.", "")
 
 
+def resolve_field(name: str) -> str | None:
+    """A field name as specs write it -> its dotted CellConfig name: dotted names as they are,
+    bare ones looked up in run.data, run.model, run.train, then the top level; None if unknown."""
+    for pre in _SEARCH if "." not in name else ("",):
+        if pre + name in FIELD_TYPES:
+            return pre + name
+    return None
+
+
 @dataclass(frozen=True)
 class Expr:
     """A value computed from other fields of the same cell, e.g. {expr = "d ** 0.25"}."""
@@ -208,9 +217,9 @@ class Expr:
         return out
 
     def resolve(self, name: str) -> str:
-        for pre in _SEARCH if "." not in name else ("",):
-            if pre + name in FIELD_TYPES:
-                return pre + name
+        path = resolve_field(name)
+        if path is not None:
+            return path
         raise SweepSpecError(f"{self.where}: expression {self.text!r} reads unknown field {name!r}")
 
     def evaluate(self, values: dict):
@@ -351,7 +360,7 @@ def parse_only(only: list[str] | None) -> dict[str, list]:
             raise SweepSpecError(f"--only {item!r} is invalid: allowed FIELD=VALUE[,VALUE...], e.g. "
                                  "run.data.d=1024 or k=4 or label='k = 4'")
         if name != "label":
-            name = next((pre + name for pre in _SEARCH if pre + name in FIELD_TYPES), name)
+            name = resolve_field(name) or name
             _check_field(name, f"--only {item!r}")
         vals = []
         for v in (text.split(",") if name != "label" else [text]):
