@@ -10,6 +10,7 @@ retry (run_adversarial_once), so that a run that diverges shows as diverged.
     python scripts/adv_divergence.py --k 4 --seeds 2 3 --lr 0.5 --out figures/adv_divergence.jsonl
     python scripts/adv_divergence.py --k 4 --seeds 2 3 --tau-ramp 200 --out figures/adv_divergence.jsonl
     python scripts/adv_divergence.py --spec sweeps/phase.toml --d 256 --k 4 --seeds 1 2 --tau-ramp 50 --out ...
+    python scripts/adv_divergence.py --spec sweeps/phase.toml --d 1024 --k 4 --seeds 0 --beta 0.1 --out ...
 """
 import argparse
 import json
@@ -26,7 +27,8 @@ from sim.train.clean import train_clean
 def config(a, seed: int):
     """The run's config: verify's defaults at k, or the spec's cell at (d, k, seed); then the overrides."""
     over = {k: v for k, v in (("adv_lr", a.lr), ("adv_warmup", a.warmup), ("adv_tau_ramp", a.tau_ramp),
-                              ("adv_steps", a.cap)) if v is not None}
+                              ("adv_steps", a.cap), ("adv_beta", a.beta),
+                              ("adv_beta_ramp", a.beta_ramp)) if v is not None}
     if a.spec is None:
         vc = VerifyConfig(norms=("l2",), lower_bound=False, certify=False)
         vc = vc.replace(run=vc.run.replace(data=vc.run.data.replace(seed=seed, k=a.k)))
@@ -41,6 +43,11 @@ def config(a, seed: int):
     return vc.replace(**over)
 
 
+def top_atom_share(W, M) -> float:
+    C = np.abs(np.asarray(W, np.float64) @ (M / np.linalg.norm(M, axis=0)))
+    return round(float(np.median(C.max(axis=1) / np.maximum(np.linalg.norm(W, axis=1), 1e-30))), 4)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--k", type=float, default=3.0)
@@ -49,6 +56,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=None, help="adv_warmup (default: verify's, or the spec's)")
     ap.add_argument("--tau-ramp", type=int, default=None, help="adv_tau_ramp (default: verify's, or the spec's)")
     ap.add_argument("--cap", type=int, default=None, help="adv_steps (default: verify's, or the spec's)")
+    ap.add_argument("--beta", type=float, default=None, help="adv_beta, the final relative bias (default: verify's, or the spec's)")
+    ap.add_argument("--beta-ramp", type=int, default=None, help="adv_beta_ramp (default: verify's, or the spec's)")
     ap.add_argument("--spec", default=None, help="a sweep spec: run its cell at --d, --k and each seed")
     ap.add_argument("--d", type=int, default=256, help="with --spec: the cell's d")
     ap.add_argument("--out", required=True, help="JSON lines, appended")
@@ -59,15 +68,22 @@ def main():
         vc = config(a, seed)
         t = time.time()
         clean = train_clean(vc.run, None, quiet=True)
+        share_clean = top_atom_share(clean.net.W, clean.problem.M)
         ar = run_adversarial_once(clean, vc, "l2", "fgm", True, track=False)
         norms = np.linalg.norm(ar.net.W, axis=1)
         rec = {"k": a.k, "seed": seed, "adv_lr": vc.adv_lr, "adv_warmup": vc.adv_warmup,
-               "adv_tau_ramp": vc.adv_tau_ramp, "adv_batch": vc.adv_batch,
+               "adv_tau_ramp": vc.adv_tau_ramp, "adv_batch": vc.adv_batch, "adv_beta": vc.adv_beta,
+               "adv_beta_ramp": vc.adv_beta_ramp,
                "steps": ar.convergence["steps"], "converged": ar.convergence["converged"],
                "diverged": bool(ar.convergence.get("diverged", False)),
                "curve": [round(c["value"], 3) for c in ar.convergence["curve"]][::8], "cap": vc.adv_steps,
                "clean_acc": float(ar.net.accuracy(clean.test.x, clean.test.y)),
-               "neurons_left": int(np.sum(norms > 0.1 * norms.max())), "seconds": round(time.time() - t, 1)}
+               "neurons_left": int(np.sum(norms > 0.1 * norms.max())),
+               # the median neuron's largest dictionary coordinate over its norm, clean and adversarial
+               # (a relative bias beta |w_i| above it silences the neuron on its own atom)
+               "top_atom_share": {"clean": share_clean,
+                                  "adv": top_atom_share(ar.net.W, clean.problem.M)},
+               "seconds": round(time.time() - t, 1)}
         if a.spec is not None:
             rec = {"spec": a.spec, "d": a.d, **rec}
         with open(a.out, "a") as f:

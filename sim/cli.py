@@ -1,4 +1,4 @@
-"""Command line: `python -m sim train|verify|sweep|plot|bench|lowerbound|experiments ...`.
+"""Command line: `python -m sim train|verify|config|sweep|restore|plot|bench|lowerbound|experiments ...`.
 
 The only argparse in sim: every subcommand's options are here; the packages take plain
 arguments. Every bad input (a ConfigError naming the parameter, a usage error of argparse, a
@@ -156,6 +156,26 @@ def _command(args) -> str:
     return " ".join(parts)
 
 
+def _cmd_restore(args) -> int:
+    from .sweep import load_spec
+    from .sweep.store import restore_cells, write_table
+
+    spec = load_spec(args.spec)
+    table = Path(args.table)
+    if not table.is_file() or not (table.name.endswith(".csv") or table.name.endswith(".csv.gz")):
+        raise ConfigError(f"table {args.table!r} is invalid: allowed a results.csv or .csv.gz file, e.g. "
+                          f"figures/{spec.name}_results.csv.gz")
+    out = Path(args.out) if args.out else Path("runs") / "sweeps" / spec.name
+    _check_output_dir(out)
+    rep = restore_cells(out, spec, table)
+    if rep["restored"] or rep["kept"]:
+        write_table(out, spec)
+    print(f"{len(rep['restored'])} cells restored from {table}, {len(rep['kept'])} already finished, "
+          f"{len(rep['missing'])} not in the table (run them with: python -m sim sweep {args.spec}"
+          + (f" --out {args.out}" if args.out else "") + f"); {out}")
+    return 0
+
+
 def _cmd_plot(args) -> int:
     src = Path(args.results)
     if not src.exists():
@@ -202,6 +222,13 @@ def add_sweep_commands(subparsers) -> None:
     s.add_argument("--no-retry-failed", action="store_true", help="leave the cells that failed before as they are")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_sweep)
+    r = subparsers.add_parser("restore", help="rebuild a sweep's finished cells from its committed results table, "
+                                              "so that a fresh clone resumes the sweep instead of rerunning it")
+    r.add_argument("spec", help="the sweep spec (TOML), e.g. sweeps/phase.toml")
+    r.add_argument("table", help="the table its sweep wrote, e.g. figures/phase_results.csv.gz (rows only: "
+                                 "training logs and weight pictures are not restored)")
+    r.add_argument("--out", help="sweep directory (default runs/sweeps/NAME)")
+    r.set_defaults(func=_cmd_restore)
     p = subparsers.add_parser("plot", help="the standard figures of a sweep, as PNG and SVG with sidecars")
     p.add_argument("results", help="a sweep directory (or its results.csv)")
     p.add_argument("--out", default="figures", help="folder of the figures (default figures)")

@@ -13,6 +13,11 @@
                                      the config columns (dotted names)
     OUT/summary.json                 the last run's counts, failures and wall time
 
+A results table committed beside the figures (export_table, e.g. figures/phase_results.csv.gz)
+holds every finished cell's rows: restore_cells rebuilds their result.json from it, so that a
+fresh clone resumes a long sweep instead of running it again (the logs and pictures are not in the
+table and are not restored).
+
 Every file is written atomically (sim.common.files), so a sweep killed at any moment leaves
 finished cells whole; anything else in a cell directory is redone.
 """
@@ -224,3 +229,57 @@ def read_pictures(out, h: str) -> dict | None:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, KeyError):
         return None
+
+
+ROW_KEYS = ("model", "metric", "norm", "tau", "value")
+
+
+def restore_cells(out, spec, table) -> dict:
+    """Rebuild the finished cells of `spec` in OUT from a results table (read_table's input):
+    every cell of the spec that has rows in the table and no valid result.json in OUT gets one,
+    marked "restored_from". The table's config columns must be the cell's config (else
+    SweepSpecError naming the cell: the table is another spec's). Cells already finished in OUT
+    are left as they are. Returns {"restored": [hashes], "kept": [hashes], "missing": [hashes]}."""
+    from .spec import CELL_SCHEMA, SweepSpecError
+
+    by_cell: dict[str, list[dict]] = {}
+    first_label: dict[str, str] = {}  # a cell drawn in two series is in the table once per label
+    for r in read_table(table):
+        h = str(r["cell"])
+        if first_label.setdefault(h, r["label"]) == r["label"]:
+            by_cell.setdefault(h, []).append(r)
+    report = {"restored": [], "kept": [], "missing": []}
+    seen = set()
+    for p in spec.points:
+        if p.hash in seen:
+            continue
+        seen.add(p.hash)
+        if read_result(out, p.hash) is not None:
+            report["kept"].append(p.hash)
+            continue
+        rows = by_cell.get(p.hash)
+        if not rows:
+            report["missing"].append(p.hash)
+            continue
+        want = _config_columns(p.config.to_dict())
+        got = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in rows[0].items()
+               if k not in HEAD and k in want}
+        diff = sorted(k for k in want if _parse(k, want[k]) != _parse(k, got.get(k, "")))
+        if diff:
+            raise SweepSpecError(f"table {str(table)!r} is invalid for cell {p.hash}: its config differs in "
+                                 f"{', '.join(diff[:5])}; allowed a table written by this spec's sweep")
+        cell_rows = []
+        for r in rows:
+            tau = r["tau"]
+            cell_rows.append({"model": r["model"], "metric": r["metric"], "norm": r["norm"] or "",
+                              "tau": None if tau is None or math.isnan(tau) else float(tau), "value": float(r["value"])})
+        d = cell_dir(out, p.hash)
+        d.mkdir(parents=True, exist_ok=True)
+        _clean_tmp(d)
+        atomic_write_json(d / "config.json", p.config.to_dict())
+        atomic_write_json(d / "result.json", {"status": "ok", "schema": CELL_SCHEMA, "hash": p.hash,
+                                              "config": p.config.to_dict(), "rows": cell_rows, "timings": {},
+                                              "restored_from": str(table),
+                                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        report["restored"].append(p.hash)
+    return report

@@ -208,6 +208,31 @@ def test_only_runs_a_slice_first_and_the_rest_resumes(reference, tmp_path):
         run_sweep(spec, out, workers=0, quiet=True, only=["d"])
 
 
+def test_restore_from_the_committed_table_resumes_without_rerunning(reference, tmp_path):
+    """A fresh clone has the exported table but no cells: restore rebuilds the finished cells
+    (the same table, byte for byte), the sweep then runs only what the table lacks, and a table
+    whose rows are another config's is refused naming the cell."""
+    spec, ref_out, _ = reference
+    part = tmp_path / "part"
+    run_sweep(spec, part, workers=0, quiet=True, only=["d=16"])  # the k=2 and k=d^0.25 labels share these cells
+    table = store.export_table(part, tmp_path / "tiny_results.csv.gz")
+    out = tmp_path / "clone"
+    rep = store.restore_cells(out, spec, table)
+    done = {p.hash for p in spec.points if p.config.run.data.d == 16}
+    assert set(rep["restored"]) == done and not rep["kept"] and len(rep["missing"]) == 6 - len(done)
+    store.write_table(out, spec)
+    assert table_bytes(out) == table_bytes(part)
+    assert store.restore_cells(out, spec, table)["kept"] == rep["restored"]  # a second restore keeps them
+    rest = run_sweep(spec, out, workers=0, quiet=True)
+    assert rest.skipped == len(done) and rest.ran == 6 - len(done) and table_bytes(out) == table_bytes(ref_out)
+    other = tmp_path / "other.csv"
+    text = table_bytes(part).decode().replace(",400,", ",401,")  # n_train (and adv_batch = n_train) changed
+    other.write_text(text)
+    with pytest.raises(SweepSpecError, match=r"table .* is invalid for cell [0-9a-f]{16}: its config differs in "
+                                             r"adv_batch, run.data.n_train"):
+        store.restore_cells(tmp_path / "clone2", spec, other)
+
+
 def test_failures_are_recorded_and_the_sweep_goes_on(reference, tmp_path, monkeypatch):
     spec, ref_out, _ = reference
     victims = [spec.points[1].hash, spec.points[5].hash]
