@@ -80,7 +80,6 @@ def main():
                "clean_acc": float(ar.net.accuracy(clean.test.x, clean.test.y)),
                "neurons_left": int(np.sum(norms > 0.1 * norms.max())),
                # the median neuron's largest dictionary coordinate over its norm, clean and adversarial
-               # (a relative bias beta |w_i| above it silences the neuron on its own atom)
                "top_atom_share": {"clean": share_clean,
                                   "adv": top_atom_share(ar.net.W, clean.problem.M)},
                "seconds": round(time.time() - t, 1)}

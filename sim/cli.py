@@ -158,7 +158,7 @@ def _command(args) -> str:
 
 def _cmd_restore(args) -> int:
     from .sweep import load_spec
-    from .sweep.store import restore_cells, write_table
+    from .sweep.store import restore_cells, restore_record, write_table
 
     spec = load_spec(args.spec)
     table = Path(args.table)
@@ -168,8 +168,9 @@ def _cmd_restore(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / spec.name
     _check_output_dir(out)
     rep = restore_cells(out, spec, table)
-    if rep["restored"] or rep["kept"]:
-        write_table(out, spec)
+    restore_record(out, spec, table, command=" ".join(["python -m sim restore", args.spec, args.table]
+                                                      + (["--out", args.out] if args.out else [])))
+    write_table(out, spec)
     print(f"{len(rep['restored'])} cells restored from {table}, {len(rep['kept'])} already finished, "
           f"{len(rep['missing'])} not in the table (run them with: python -m sim sweep {args.spec}"
           + (f" --out {args.out}" if args.out else "") + f"); {out}")

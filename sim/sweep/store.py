@@ -283,3 +283,23 @@ def restore_cells(out, spec, table) -> dict:
                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
         report["restored"].append(p.hash)
     return report
+
+
+def restore_record(out, spec, table, command: str | None = None) -> None:
+    """OUT/sweep.json after a restore: the runs recorded in the sweep record committed beside the
+    table (NAME_sweep.json beside NAME_results.csv.gz, as `python -m sim plot` writes them), if
+    OUT has none, then this restore as one more run."""
+    from sim.common.meta import git_commit
+
+    path = Path(out) / "sweep.json"
+    table = Path(table)
+    stem = table.name.removesuffix(".gz").removesuffix(".csv").removesuffix("results")
+    sibling = table.with_name(stem + "sweep.json")
+    if not path.exists() and stem.endswith("_") and sibling.is_file():
+        try:
+            runs = json.loads(sibling.read_text()).get("runs", [])
+        except (OSError, json.JSONDecodeError, AttributeError):
+            runs = []
+        Path(out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"runs": runs})
+    write_sweep_json(out, spec, command=command, commit=git_commit())

@@ -122,6 +122,11 @@ def test_phase_spec_is_valid():
     assert len({p.seed for p in spec.points}) >= 2
     assert all(c.adv_plateau and c.run.data.sparsity == "exact" and c.atom_degrees for c in cfgs)
     assert Path(ROOT / "sweeps" / "phase.toml").read_text().count("--order shortest") >= 1
+    # the spec's reason for its bias: the ideal network of that bias holds the training radius
+    # through the inactive atoms (tau < 2 beta sqrt(a)), for every cell's number of atoms a
+    assert all(c.tau_l2 < 2 * c.adv_beta * math.sqrt(round(c.run.data.k)) for c in cfgs)
+    old = load_spec(ROOT / "sweeps" / "phase_beta02.toml")  # the first run, kept as the record
+    assert {p.hash for p in old.points}.isdisjoint(p.hash for p in spec.points)
 
 
 def test_divergence_is_read_from_the_cells_record():
