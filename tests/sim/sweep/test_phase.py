@@ -79,6 +79,14 @@ def test_windows_from_known_curves():
     assert w2["tau_poly"] == 0.1 and w2["width_with_poly"] == pytest.approx(0.1)
     (w3,) = phase_windows(_synthetic(CURVES, clean_acc=0.95, converged=0.0), "l2")  # C1 needs clean acc >= 0.99
     assert w3["tau_C1"] == math.inf and w3["width"] == 0.0 and w3["converged"] is False
+    # without C1 the window runs from the linear models' edge; it does not need the clean network
+    assert w3["width_without_C1"] == pytest.approx(0.1) and w["tau_high_censored"] is False
+    slow_clean = dict(CURVES, clean_net={0.1: 1.0, 0.2: 0.9, 0.3: 0.5, 0.4: 0.2})  # C1 never holds
+    (w4,) = phase_windows(_synthetic(slow_clean), "l2")
+    assert w4["width"] == 0.0 and w4["width_without_C1"] == pytest.approx(0.1)
+    strong = dict(CURVES, adv_net={0.1: 1.0, 0.2: 1.0, 0.3: 0.99, 0.4: 0.95})  # holds at the largest radius
+    (w5,) = phase_windows(_synthetic(strong), "l2")
+    assert w5["tau_high"] == 0.4 and w5["tau_high_censored"] is True and w5["width"] == pytest.approx(0.2)
 
 
 def test_crossings_from_known_curves():
@@ -101,7 +109,8 @@ def test_plot_writes_the_phase_figure_with_windows(phase_run, tmp_path):
     assert side["command"] == "python -m sim plot OUT" and side["commit"]
     assert len(side["windows"]) == len(spec.points)  # a cell in two series (d = 16) is in both
     for w in side["windows"]:
-        assert {"d", "k", "seed", "tau_low", "tau_high", "width", "converged", "width_with_poly"} <= set(w)
+        assert {"d", "k", "seed", "tau_low", "tau_high", "width", "converged", "width_with_poly", "width_without_C1",
+                "tau_high_censored"} <= set(w)
         assert w["width_with_poly"] <= w["width"] + 1e-12
     assert {"atom_poly3", "atom_poly5", "ideal_net", "adv_net", "clean_net", "best_linear"} <= \
         set(side["crossings"][0]["radii"])
