@@ -28,7 +28,7 @@ def config(a, seed: int):
     """The run's config: verify's defaults at k, or the spec's cell at (d, k, seed); then the overrides."""
     over = {k: v for k, v in (("adv_lr", a.lr), ("adv_warmup", a.warmup), ("adv_tau_ramp", a.tau_ramp),
                               ("adv_steps", a.cap), ("adv_beta", a.beta),
-                              ("adv_beta_ramp", a.beta_ramp)) if v is not None}
+                              ("adv_beta_ramp", a.beta_ramp), ("tau_l2", a.tau)) if v is not None}
     if a.spec is None:
         vc = VerifyConfig(norms=("l2",), lower_bound=False, certify=False)
         vc = vc.replace(run=vc.run.replace(data=vc.run.data.replace(seed=seed, k=a.k)))
@@ -58,6 +58,7 @@ def main():
     ap.add_argument("--cap", type=int, default=None, help="adv_steps (default: verify's, or the spec's)")
     ap.add_argument("--beta", type=float, default=None, help="adv_beta, the final relative bias (default: verify's, or the spec's)")
     ap.add_argument("--beta-ramp", type=int, default=None, help="adv_beta_ramp (default: verify's, or the spec's)")
+    ap.add_argument("--tau", type=float, default=None, help="tau_l2, the training radius (default: verify's, or the spec's)")
     ap.add_argument("--spec", default=None, help="a sweep spec: run its cell at --d, --k and each seed")
     ap.add_argument("--d", type=int, default=256, help="with --spec: the cell's d")
     ap.add_argument("--out", required=True, help="JSON lines, appended")
@@ -72,7 +73,7 @@ def main():
         ar = run_adversarial_once(clean, vc, "l2", "fgm", True, track=False)
         norms = np.linalg.norm(ar.net.W, axis=1)
         rec = {"k": a.k, "seed": seed, "adv_lr": vc.adv_lr, "adv_warmup": vc.adv_warmup,
-               "adv_tau_ramp": vc.adv_tau_ramp, "adv_batch": vc.adv_batch, "adv_beta": vc.adv_beta,
+               "adv_tau_ramp": vc.adv_tau_ramp, "adv_batch": vc.adv_batch, "adv_beta": vc.adv_beta, "tau_l2": vc.tau_l2,
                "adv_beta_ramp": vc.adv_beta_ramp,
                "steps": ar.convergence["steps"], "converged": ar.convergence["converged"],
                "diverged": bool(ar.convergence.get("diverged", False)),
