@@ -62,11 +62,20 @@ BAD = {
 }
 
 
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory):
+    """A tiny archive outside the working folder: the cases that are not about the data must not
+    depend on finding the real CIFAR-10 (a clone without the shared folder has none)."""
+    npz = tmp_path_factory.mktemp("fake-data") / "cifar10-jpeg-q75.npz"
+    write_fake_jpeg_npz(npz, n_train=20, n_test=10)
+    return npz
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_input_is_one_line_exit_2_nothing_written(workdir, case):
+def test_bad_input_is_one_line_exit_2_nothing_written(workdir, fake_data, case):
     args, expected = BAD[case]
     before = snapshot(workdir)
-    r = cli(args, workdir)
+    r = cli(args, workdir, None if "--data" in args else {"CIFAR10_DATA": str(fake_data)})
     assert r.returncode == 2, (r.returncode, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr

@@ -129,7 +129,10 @@ def test_gpu_preset_refuses_cpu_unless_asked(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_errors_are_clear(tmp_path, capsys):
+def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
+    # a tiny archive, so that the checks of the other arguments do not depend on finding CIFAR-10
+    write_fake_jpeg_npz(tmp_path / "fake" / "cifar10-jpeg-q75.npz", n_train=20, n_test=10)
+    monkeypatch.setenv("CIFAR10_DATA", str(tmp_path / "fake" / "cifar10-jpeg-q75.npz"))
     with pytest.raises(SystemExit) as e:
         main(["run", "--preset", "nope", "--out", str(tmp_path)])
     assert e.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
