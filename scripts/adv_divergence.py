@@ -20,6 +20,7 @@ import numpy as np
 
 from sim.common.threads import limit_blas_once, set_numba_threads
 from sim.experiments.verify import VerifyConfig
+from sim.measures import principal_share
 from sim.train.adversarial import run_adversarial_once
 from sim.train.clean import train_clean
 
@@ -33,10 +34,9 @@ def config(a, seed: int):
         vc = VerifyConfig(norms=("l2",), lower_bound=False, certify=False)
         vc = vc.replace(run=vc.run.replace(data=vc.run.data.replace(seed=seed, k=a.k)))
     else:
-        from sim.sweep.spec import load_spec
+        from sim.sweep.spec import load_spec, parse_only, select_points
 
-        pts = [p for p in load_spec(a.spec).points if p.config.run.data.d == a.d and p.seed == seed
-               and abs(p.config.run.data.k - a.k) < 1e-9]
+        pts = select_points(load_spec(a.spec).points, parse_only([f"d={a.d}", f"k={a.k!r}", f"seed={seed}"]))
         if not pts:
             raise SystemExit(f"--spec {a.spec} has no cell at d={a.d}, k={a.k}, seed={seed}")
         vc = pts[0].config
@@ -44,8 +44,8 @@ def config(a, seed: int):
 
 
 def top_atom_share(W, M) -> float:
-    C = np.abs(np.asarray(W, np.float64) @ (M / np.linalg.norm(M, axis=0)))
-    return round(float(np.median(C.max(axis=1) / np.maximum(np.linalg.norm(W, axis=1), 1e-30))), 4)
+    """The median neuron's largest dictionary coordinate over its norm (sim.measures.principal_share)."""
+    return round(float(np.median(principal_share(W, M))), 4)
 
 
 def main():
@@ -80,7 +80,6 @@ def main():
                "curve": [round(c["value"], 3) for c in ar.convergence["curve"]][::8], "cap": vc.adv_steps,
                "clean_acc": float(ar.net.accuracy(clean.test.x, clean.test.y)),
                "neurons_left": int(np.sum(norms > 0.1 * norms.max())),
-               # the median neuron's largest dictionary coordinate over its norm, clean and adversarial
                "top_atom_share": {"clean": share_clean,
                                   "adv": top_atom_share(ar.net.W, clean.problem.M)},
                "seconds": round(time.time() - t, 1)}

@@ -17,10 +17,10 @@ from sim import attacks, measures
 from sim.common.threads import limit_blas_once, set_numba_threads
 from sim.model.data import margin_classes
 from sim.model.network import TwoLayerNet
-from sim.sweep.spec import load_spec
+from sim.sweep.spec import load_spec, parse_only, select_points
 from sim.train.clean import train_clean
 
-TAGS = ("m1", "m2", "m3+")
+TAGS = ("m1", "m2", "m3+")  # the names of the sweep rows for sim.model.data.MARGIN_CLASSES
 
 
 def main():
@@ -37,8 +37,7 @@ def main():
     a = ap.parse_args()
     limit_blas_once()
     set_numba_threads(1)
-    pts = [p for p in load_spec(a.spec).points if p.config.run.data.d == a.d and p.seed == a.seed
-           and abs(p.config.run.data.k - a.k) < 1e-9]
+    pts = select_points(load_spec(a.spec).points, parse_only([f"d={a.d}", f"k={a.k!r}", f"seed={a.seed}"]))
     if not pts:
         raise SystemExit(f"--spec {a.spec} has no cell at d={a.d}, k={a.k}, seed={a.seed}")
     cfg = pts[0].config
@@ -53,14 +52,14 @@ def main():
                           beta=clean.net.beta)
         rec = {"spec": a.spec, "d": a.d, "k": a.k, "seed": a.seed, "step": step,
                "clean_acc": float(net.accuracy(te.x, te.y)), "n_attacked": int(len(ye)),
-               "n_by_margin": {t: int(np.sum(cls == i)) for i, t in enumerate(TAGS) if (cls == i).any()}}
+               "n_by_margin": {tag: m["n"] for tag, m in zip(TAGS, measures.by_margin(np.ones(len(ye)), cls).values())
+                               if m["n"]}}
         for j, t in enumerate(a.radii):
             rep = attacks.evaluate_robustness(net, Xe, ye, t, "l2", direction=p.bayes_direction, pgd_steps=20,
                                               pgd_restarts=2, random_draws=2, seed=7 + j)
-            ok = ~rep.broken
             rec[f"robust@{t}"] = round(float(rep.robust_accuracy), 3)
-            rec[f"by_margin@{t}"] = {tag: round(float(np.mean(ok[cls == i])), 3)
-                                     for i, tag in enumerate(TAGS) if (cls == i).any()}
+            rec[f"by_margin@{t}"] = {tag: round(m["acc"], 3)
+                                     for tag, m in zip(TAGS, measures.by_margin(~rep.broken, cls).values()) if m["n"]}
         rec.update({k: (round(v, 4) if isinstance(v, float) else v)
                     for k, v in measures.summarize_dense(net, p.M, p.wstar, Xe).items()})
         rec["seconds"] = round(time.time() - t0)

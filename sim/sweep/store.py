@@ -231,15 +231,12 @@ def read_pictures(out, h: str) -> dict | None:
         return None
 
 
-ROW_KEYS = ("model", "metric", "norm", "tau", "value")
-
-
 def restore_cells(out, spec, table) -> dict:
     """Rebuild the finished cells of `spec` in OUT from a results table (read_table's input):
-    every cell of the spec that has rows in the table and no valid result.json in OUT gets one,
-    marked "restored_from". The table's config columns must be the cell's config (else
-    SweepSpecError naming the cell: the table is another spec's). Cells already finished in OUT
-    are left as they are. Returns {"restored": [hashes], "kept": [hashes], "missing": [hashes]}."""
+    every cell of the spec that has rows in the table and no valid result.json in OUT is written
+    by write_cell, marked "restored_from". The table's config columns must be the cell's config
+    (else SweepSpecError naming the cell: the table is another spec's). Cells already finished in
+    OUT are left as they are. Returns {"restored": [hashes], "kept": [hashes], "missing": [hashes]}."""
     from .spec import CELL_SCHEMA, SweepSpecError
 
     by_cell: dict[str, list[dict]] = {}
@@ -261,26 +258,16 @@ def restore_cells(out, spec, table) -> dict:
         if not rows:
             report["missing"].append(p.hash)
             continue
-        want = _config_columns(p.config.to_dict())
-        got = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in rows[0].items()
-               if k not in HEAD and k in want}
-        diff = sorted(k for k in want if _parse(k, want[k]) != _parse(k, got.get(k, "")))
+        # read_table parsed the table's columns; parse the cell's own the same way
+        want = {k: _parse(k, v) for k, v in _config_columns(p.config.to_dict()).items()}
+        diff = sorted(k for k, v in want.items() if k not in rows[0] or rows[0][k] != v)
         if diff:
             raise SweepSpecError(f"table {str(table)!r} is invalid for cell {p.hash}: its config differs in "
                                  f"{', '.join(diff[:5])}; allowed a table written by this spec's sweep")
-        cell_rows = []
-        for r in rows:
-            tau = r["tau"]
-            cell_rows.append({"model": r["model"], "metric": r["metric"], "norm": r["norm"] or "",
-                              "tau": None if tau is None or math.isnan(tau) else float(tau), "value": float(r["value"])})
-        d = cell_dir(out, p.hash)
-        d.mkdir(parents=True, exist_ok=True)
-        _clean_tmp(d)
-        atomic_write_json(d / "config.json", p.config.to_dict())
-        atomic_write_json(d / "result.json", {"status": "ok", "schema": CELL_SCHEMA, "hash": p.hash,
-                                              "config": p.config.to_dict(), "rows": cell_rows, "timings": {},
-                                              "restored_from": str(table),
-                                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        cell_rows = [{"model": r["model"], "metric": r["metric"], "norm": r["norm"],
+                      "tau": None if math.isnan(r["tau"]) else r["tau"], "value": r["value"]} for r in rows]
+        write_cell(out, p, {"status": "ok", "schema": CELL_SCHEMA, "hash": p.hash, "config": p.config.to_dict(),
+                            "rows": cell_rows, "timings": {}, "restored_from": str(table)})
         report["restored"].append(p.hash)
     return report
 
