@@ -15,12 +15,10 @@ import numpy as np
 
 from sim import attacks, measures
 from sim.common.threads import limit_blas_once, set_numba_threads
-from sim.model.data import margin_classes
+from sim.model.data import MARGIN_TAGS as TAGS, margin_classes
 from sim.model.network import TwoLayerNet
 from sim.sweep.spec import load_spec, parse_only, select_points
 from sim.train.clean import train_clean
-
-TAGS = ("m1", "m2", "m3+")  # the names of the sweep rows for sim.model.data.MARGIN_CLASSES
 
 
 def main():

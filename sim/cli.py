@@ -123,11 +123,12 @@ def _check_output_dir(path: Path, flag: str = "--out") -> None:
 
 def _cmd_sweep(args) -> int:
     from .sweep import load_spec, run_sweep
+    from .sweep.store import default_out
     from .sweep.executors import _jsonable, _unique, check_workers
 
     check_workers(args.workers, args.threads)
     spec = load_spec(args.spec)
-    out = Path(args.out) if args.out else Path("runs") / "sweeps" / spec.name
+    out = Path(args.out) if args.out else default_out(spec)
     _check_output_dir(out)
     if args.dry_run:
         from .sweep.spec import parse_only, select_points
@@ -158,14 +159,14 @@ def _command(args) -> str:
 
 def _cmd_restore(args) -> int:
     from .sweep import load_spec
-    from .sweep.store import restore_cells, restore_record, write_table
+    from .sweep.store import default_out, restore_cells, restore_record, write_table
 
     spec = load_spec(args.spec)
     table = Path(args.table)
     if not table.is_file() or not (table.name.endswith(".csv") or table.name.endswith(".csv.gz")):
         raise ConfigError(f"table {args.table!r} is invalid: allowed a results.csv or .csv.gz file, e.g. "
                           f"figures/{spec.name}_results.csv.gz")
-    out = Path(args.out) if args.out else Path("runs") / "sweeps" / spec.name
+    out = Path(args.out) if args.out else default_out(spec)
     _check_output_dir(out)
     rep = restore_cells(out, spec, table)
     restore_record(out, spec, table, command=" ".join(["python -m sim restore", args.spec, args.table]

@@ -153,6 +153,7 @@ class Problem:
 
 
 MARGIN_CLASSES = ("1", "2", ">=3")
+MARGIN_TAGS = ("m1", "m2", "m3+")  # the same classes as metric suffixes of the sweep rows (robust_acc:m1 ...)
 
 
 def margin_classes(z: np.ndarray, wstar: np.ndarray) -> np.ndarray:

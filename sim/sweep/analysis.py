@@ -15,9 +15,10 @@ import numpy as np
 from sim.claims import CLAIMS, c6_window
 
 from . import store
+from .spec import LINEAR_MODELS
 
 NETS = ("clean_net", "adv_net", "control_net")
-LINEAR = ("linear_clean", "linear_best_robust", "linear_bayes")
+LINEAR = LINEAR_MODELS  # the linear rows of a cell (sim.sweep.job.linear_rows)
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,101 @@ import traceback
 import numpy as np
 
 from sim.common.threads import limit_blas_once, set_numba_threads
+from sim.model.data import MARGIN_TAGS
 
-from .spec import CELL_SCHEMA, CellConfig, config_hash
+from .spec import CELL_SCHEMA, LINEAR_MODELS, CellConfig, config_hash
 
 
 def _row(model, metric, value, norm="", tau=None) -> dict:
     return {"model": model, "metric": metric, "norm": norm, "tau": None if tau is None else float(tau),
             "value": float(value)}
+
+
+
+
+def _margin_rows(model, metric, ok, classes, norm, tau) -> list[dict]:
+    """metric:m1 / :m2 / :m3+ rows, the mean of the boolean ok over each margin class present."""
+    return [_row(model, f"{metric}:{tag}", np.mean(ok[classes == i]), norm, tau)
+            for i, tag in enumerate(MARGIN_TAGS) if np.any(classes == i)]
+
+
+def linear_rows(train, test, wstar, direction, taus, norm: str) -> list[dict]:
+    """The linear models' rows of a cell: linear_clean (logistic regression on the training set),
+    linear_bayes (the direction M w*, no bias) and linear_best_robust (the robust logistic model
+    refitted at each radius): clean_acc and the exact robust_acc at every radius on the whole test
+    set, and robust_acc:m1 / :m2 / :m3+ by margin class |<w*, z>| of the same points (the margin
+    windows of sim.sweep.phase need them). A pure function of the data: scripts/linear_by_margin.py
+    recomputes it for the cells written before the margin rows existed."""
+    from sim.lowerbound import LinearModel, fit_logistic, fit_robust_logistic
+    from sim.model.data import margin_classes
+
+    Xt, yt = np.asarray(test.x, np.float64), np.asarray(test.y, np.float64)
+    classes = margin_classes(test.z, wstar)
+    rows = []
+
+    def robust(name, model, t):
+        ok = model.robust_margin(Xt, yt, t, norm) > 0  # exact: a linear model's worst case is closed-form
+        rows.append(_row(name, "robust_acc", np.mean(ok), norm, t))
+        rows.extend(_margin_rows(name, "robust_acc", ok, classes, norm, t))
+    models = {"linear_clean": fit_logistic(train.x, train.y), "linear_bayes": LinearModel(direction, 0.0)}
+    for name, model in models.items():
+        rows.append(_row(name, "clean_acc", np.mean(yt * model.forward(Xt) > 0), norm, 0.0))
+        for t in taus:
+            robust(name, model, t)
+    for t in taus:
+        best, _ = fit_robust_logistic(train.x, train.y, t, norm)
+        rows.append(_row("linear_best_robust", "clean_acc", np.mean(yt * best.forward(Xt) > 0), norm, t))
+        robust("linear_best_robust", best, t)
+    return rows
+
+
+def add_linear_margin_rows(out, spec) -> dict:
+    """Give the finished cells of `spec` in OUT that were written before linear_rows had them
+    (schema sim.sweep.cell/2 before 2026-12-02) the linear models' robust_acc:m1 / :m2 / :m3+
+    rows, then rebuild OUT/results.csv. The linear models are a pure function of the cell's
+    data, so each cell's linear rows are recomputed from its config and must equal the stored
+    ones (every clean_acc and robust_acc, to 1e-12) before its margin rows are added; a cell
+    where they differ is left as it is and reported. result.json is rewritten atomically with an
+    "amended" record. Returns {"added", "present", "mismatch", "no_linear"}: lists of hashes
+    (mismatch: {hash: [differing rows]})."""
+    from sim.common.files import atomic_write_json
+    from sim.common.meta import git_commit
+    from sim.model.data import Problem
+
+    from .store import cell_dir, read_result, write_table
+
+    def key(r):
+        return r["model"], r["metric"], r["norm"], r["tau"]
+    report = {"added": [], "present": [], "mismatch": {}, "no_linear": []}
+    for h, point in {p.hash: p for p in spec.points}.items():
+        res = read_result(out, h)
+        if res is None:
+            continue
+        cfg = point.config
+        if not cfg.linear_models:
+            report["no_linear"].append(h)
+            continue
+        if any(r["model"] in LINEAR_MODELS and ":" in r["metric"] for r in res["rows"]):
+            report["present"].append(h)
+            continue
+        problem = Problem.from_config(cfg.run.data)
+        train, test = problem.train_set(), problem.test_set()
+        new = [r for norm in cfg.norms for r in linear_rows(train, test, problem.wstar, problem.bayes_direction,
+                                                            [x * cfg.tau(norm) for x in cfg.radii], norm)]
+        stored = {key(r): r["value"] for r in res["rows"] if r["model"] in LINEAR_MODELS}
+        fresh = {key(r): r["value"] for r in new if ":" not in r["metric"]}
+        diff = [k for k in stored.keys() | fresh.keys()
+                if k not in stored or k not in fresh or abs(stored[k] - fresh[k]) > 1e-12]
+        if diff:
+            report["mismatch"][h] = sorted(diff, key=str)[:5]
+            continue
+        res["rows"] = res["rows"] + [r for r in new if ":" in r["metric"]]
+        res.setdefault("amended", []).append({"added": "linear models' robust_acc by margin class (linear_rows)",
+                                              "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(git_commit() or {})})
+        atomic_write_json(cell_dir(out, h) / "result.json", res)
+        report["added"].append(h)
+    write_table(out, spec)
+    return report
 
 
 def run_cell(cfg: CellConfig) -> dict:
@@ -62,18 +150,15 @@ def run_cell(cfg: CellConfig) -> dict:
     Xe, ye = te.x[:cfg.n_eval], te.y[:cfg.n_eval]
     direction = p.bayes_direction
     classes = margin_classes(te.z[:cfg.n_eval], p.wstar)
-    tags = ("m1", "m2", "m3+")
     rows = [_row("clean_net", "clean_acc", clean.log.rows[-1]["test_acc"], tau=0.0),
             _row("clean_net", "train_steps", clean.convergence["steps"]),
             _row("clean_net", "train_converged", clean.convergence["converged"])]
-    for i, tag in enumerate(tags):
+    for i, tag in enumerate(MARGIN_TAGS):
         rows.append(_row("eval_set", f"n_eval:{tag}", np.sum(classes == i)))
 
     def per_margin(name, metric, ok, norm, t):
-        for i, tag in enumerate(tags):
-            sel = classes == i
-            if sel.any():
-                rows.append(_row(name, f"{metric}:{tag}", np.mean(ok[sel]), norm, t))
+        rows.extend(_margin_rows(name, metric, ok, classes, norm, t))
+
     for k, v in measures.summarize_dense(clean.net, p.M, p.wstar, Xe, cfg.principal_threshold).items():
         rows.append(_row("clean_net", k, v))
     logs = {"clean": clean.log.rows}
@@ -157,20 +242,8 @@ def run_cell(cfg: CellConfig) -> dict:
             rows.append(_row("control_net", "clean_acc", ctrl.accuracy(te.x, te.y), norm, 0.0))
             curve(ctrl, "control_net", norm, [tau], 1000 * ni + 200)
         if cfg.linear_models:
-            from sim.lowerbound import LinearModel, fit_logistic, fit_robust_logistic
-
             t1 = time.perf_counter()
-            models = {"linear_clean": fit_logistic(train.x, train.y), "linear_bayes": LinearModel(direction, 0.0)}
-            Xt, yt = np.asarray(te.x, np.float64), np.asarray(te.y, np.float64)
-            for name, model in models.items():
-                rows.append(_row(name, "clean_acc", np.mean(yt * model.forward(Xt) > 0), norm, 0.0))
-                for t in taus:
-                    rows.append(_row(name, "robust_acc", model.exact_robust_accuracy(Xt, yt, t, norm), norm, t))
-            for t in taus:
-                best, _ = fit_robust_logistic(train.x, train.y, t, norm)
-                rows.append(_row("linear_best_robust", "clean_acc", np.mean(yt * best.forward(Xt) > 0), norm, t))
-                rows.append(_row("linear_best_robust", "robust_acc", best.exact_robust_accuracy(Xt, yt, t, norm),
-                                 norm, t))
+            rows += linear_rows(train, te, p.wstar, direction, taus, norm)
             timings[f"linear_{norm}"] = time.perf_counter() - t1
         if cfg.lower_bound:
             from sim.lowerbound import lower_bound_table

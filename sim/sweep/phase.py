@@ -12,11 +12,14 @@ Per cell (one d, one k series, one seed), from the robust-accuracy curves {radiu
   training converged and whether tau_C3 is the largest radius swept (censored); the width of
   (tau_lin, tau_C3] alone (C3 and C5-linear, whatever the clean network does); and the window when C5 also asks every per-atom polynomial to be below
   the C5 threshold of the other classes (tau_poly: the first radius where all are): empty
-  whenever a polynomial holds as long as the network.
+  whenever a polynomial holds as long as the network;
+- the same window on the points of each margin class |<w*, z>| alone (margin_windows): the
+  theory's scaling is per margin, and a cell's edges come from different classes.
 
 figure_phase draws the crossings against d (one panel per k series; markers per seed, open
-when that seed's adversarial training hit its cap) and the two windows' widths; phase_sidecar
-is the JSON beside it ({"windows": [...], "crossings": [...]}).
+when that seed's adversarial training hit its cap), the windows' widths, and the margin
+windows' widths; phase_sidecar is the JSON beside it ({"windows": [...], "margin_windows":
+[...], "crossings": [...]}).
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sim.claims import CLAIMS  # noqa: E402
+from sim.claims import CLAIMS, c6_window  # noqa: E402
+from sim.model.data import MARGIN_CLASSES, MARGIN_TAGS  # noqa: E402
 
 from .analysis import LINEAR, Results, _short, radius_at, windows  # noqa: E402
 
@@ -107,6 +111,46 @@ def phase_windows(res: Results, norm: str, cs: list[dict] | None = None) -> list
     return out
 
 
+MARGIN_NAMES = dict(zip(MARGIN_TAGS, MARGIN_CLASSES))
+
+
+def margin_windows(res: Results, norm: str, cs: list[dict] | None = None) -> list[dict]:
+    """Per cell and margin class |<w*, z>| (1, 2, >=3): the C6 window of sim.claims.c6_window
+    on that class's points alone: the clean net <= 0.10 robust on them (C1), every linear model
+    <= 0.10 on them (C5-linear, exact, the whole test set's points of that class), the
+    adversarially trained net >= 0.90 on them (C3); the clean-accuracy gates are the whole
+    cell's. SPEC C6's scaling is per margin g (linear models break near g / sqrt(d), a purified
+    network holds up to about (1 - beta) g / sqrt(a)), so within a class the theory predicts a
+    window that widens with d at fixed a; the cell's window mixes the classes (its lower edge
+    is set by the largest margin, its upper by the smallest). Cells without the linear models'
+    margin rows (written before they existed: scripts/linear_by_margin.py adds them) are left out."""
+    cs = crossings(res, norm) if cs is None else cs
+    out = []
+    for c in cs:
+        g, cell = c["group"], c["cell"]
+
+        def clean(model, nm):
+            v = [r["value"] for r in res.get(g, model, "clean_acc", nm) if r["cell"] == cell and r["tau"] == 0.0]
+            return v[0] if v else math.nan
+        for tag in MARGIN_TAGS:
+            metric = f"robust_acc:{tag}"
+            cn, an = _curve(res, g, cell, "clean_net", norm, metric), _curve(res, g, cell, "adv_net", norm, metric)
+            lin = [x for x in (_curve(res, g, cell, m, norm, metric) for m in LINEAR) if x]
+            if not cn or not an or len(lin) < len(LINEAR):
+                continue
+            taus = sorted(cn)
+            w = c6_window(taus, cn, lin, an, clean("clean_net", ""), clean("adv_net", norm))
+            out.append({"d": c["d"], "k": c["k"], "seed": c["seed"], "series": c["series"], "cell": cell,
+                        "margin": MARGIN_NAMES[tag], "converged": c["converged"],
+                        "n_eval": res.cell_value(g, cell, "eval_set", f"n_eval:{tag}", ""),
+                        "tau_C1": w["tau_C1"], "tau_lin": w["tau_lin"], "tau_C3": w["tau_C3"],
+                        "tau_low": w["lo"], "tau_high": w["tau_C3"], "width": w["width"],
+                        "tau_high_censored": bool(w["tau_C3"] > 0 and w["tau_C3"] >= max(taus)),
+                        "width_without_C1": max(0.0, w["tau_C3"] - w["tau_lin"]) if math.isfinite(w["tau_lin"])
+                        else 0.0})
+    return out
+
+
 def _json_num(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
@@ -117,9 +161,10 @@ def phase_sidecar(res: Results, norm: str) -> dict:
     """The sidecar's content: windows and crossings (inf written as "inf", nan as null)."""
     cs = crossings(res, norm)
     ws = [{k: _json_num(v) for k, v in w.items()} for w in phase_windows(res, norm, cs)]
+    mws = [{k: _json_num(v) for k, v in w.items()} for w in margin_windows(res, norm, cs)]
     cj = [{**{k: _json_num(v) for k, v in c.items() if k not in ("radii", "group")},
            "radii": {m: {lv: _json_num(x) for lv, x in r.items()} for m, r in c["radii"].items()}} for c in cs]
-    return {"norm": norm, "windows": ws, "crossings": cj,
+    return {"norm": norm, "windows": ws, "margin_windows": mws, "crossings": cj,
             "definitions": {"window": "radii where C1 (clean net <= 0.10 robust, clean acc >= 0.99), C3 (adversarially "
                             "trained net >= 0.90 attacked from the smallest radius on, clean acc >= 0.97) and C5-linear "
                             "(every linear model <= 0.10, exact) hold together: (tau_low, tau_high]",
@@ -127,6 +172,9 @@ def phase_sidecar(res: Results, norm: str) -> dict:
                             f"polynomial to be <= {C5_OTHER} (attacked)",
                             "width_without_C1": "tau_high - tau_lin: where C3 and C5-linear hold together, whatever "
                             "the clean network does",
+                            "margin_windows": "the window on the points of one margin class |<w*, z>| (1, 2, "
+                            ">=3) alone: every model's robust accuracy on that class (margin_windows in "
+                            "sim.sweep.phase)",
                             "tau_high_censored": "the adversarially trained net is >= 0.90 at the largest radius "
                             "swept: tau_high and the widths are lower bounds",
                             "r90/r50/r10": "radius where robust accuracy first falls below 90/50/10 % (log-"
@@ -144,6 +192,7 @@ def figure_phase(res: Results, norm: str):
     one panel per k series, the window shaded; bottom row: the window widths."""
     cs = crossings(res, norm)
     ws = phase_windows(res, norm, cs)
+    mws = margin_windows(res, norm, cs)
     series = [s for s in res.ordered_series() if any(c["series"] == s for c in cs)]
     atoms = _atom_models(res)
     style = dict(STYLE)
@@ -151,8 +200,9 @@ def figure_phase(res: Results, norm: str):
         style[a] = (f"per-atom polynomial, degree {a[len('atom_poly'):]}", f"C{(i + 6) % 10}", "^v<>"[i % 4])
     radii = [t for c in cs for r in c["radii"].values() for t in r.values() if 0 < t < math.inf]
     top, bottom = max(radii) * 1.3, min(radii) / 1.3
-    fig, axes = plt.subplots(2, len(series), figsize=(5.2 * len(series), 8.0), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1.3]})
+    nrow = 3 if mws else 2
+    fig, axes = plt.subplots(nrow, len(series), figsize=(5.2 * len(series), 8.0 + 2.6 * (nrow - 2)), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1.3, 1.3][:nrow]})
     for j, s in enumerate(series):
         ax, axw = axes[0][j], axes[1][j]
         allmine = [c for c in cs if c["series"] == s]
@@ -199,10 +249,33 @@ def figure_phase(res: Results, norm: str):
         axw.set(xscale="log", xlabel="d", ylabel="window width")
         axw.set_xticks(xs, [_short(x) for x in xs])
         axw.minorticks_off()
+        if nrow == 3:
+            _margin_panel(axes[2][j], [w for w in mws if w["series"] == s and (w["d"], w["seed"]) in keep], xs)
     axes[0][0].legend(fontsize=7, loc="lower left")
     axes[1][0].legend(fontsize=7, loc="best")
+    if nrow == 3:
+        axes[2][0].legend(fontsize=7, loc="best")
     fig.suptitle(f"{res.name}: where each model breaks ({norm}): line = radius of 50 % robust accuracy (mean over "
-                 "seeds), band = 90 % to 10 %;\nopen circles: a seed whose adversarial training hit its cap or diverged "
-                 "(not converged: left out of the means); values off the radii swept drawn at the edge", fontsize=10)
+                 "seeds),\nband = 90 % to 10 %; open circles: a seed whose adversarial training hit its cap or diverged "
+                 "\n(not converged: left out of the means); values off the radii swept drawn at the edge", fontsize=10)
     fig.tight_layout()
     return fig, sorted({c["group"] for c in cs})
+
+
+def _margin_panel(ax, mws: list[dict], xs: list) -> None:
+    """The window on each margin class's points against d (mean over the seeds drawn above;
+    a triangle: the adversarially trained net held at the largest radius swept, a lower bound)."""
+    for i, name in enumerate(MARGIN_CLASSES):
+        mine = [w for w in mws if w["margin"] == name]
+        if not mine:
+            continue
+        xm = [x for x in xs if any(w["d"] == x for w in mine)]
+        mean = [np.mean([w["width"] for w in mine if w["d"] == x]) for x in xm]
+        ax.plot(xm, mean, "-s", ms=3, color=f"C{i + 4}", label=f"window on margin-{name} points (mean)")
+        for x in xm:
+            v = [w for w in mine if w["d"] == x]
+            ax.plot([x] * len(v), [w["width"] for w in v], "^" if any(w["tau_high_censored"] for w in v) else "o",
+                    color=f"C{i + 4}", alpha=0.5, ms=5)
+    ax.set(xscale="log", xlabel="d", ylabel="window width, by margin")
+    ax.set_xticks(xs, [_short(x) for x in xs])
+    ax.minorticks_off()

@@ -38,6 +38,11 @@ from sim.common.files import atomic_save_npz, atomic_write_bytes, atomic_write_j
 HEAD = ("sweep", "label", "cell", "group", "seed", "model", "metric", "norm", "tau", "value")
 
 
+def default_out(spec) -> Path:
+    """A sweep's directory when none is given: runs/sweeps/NAME (relative to the working directory)."""
+    return Path("runs") / "sweeps" / spec.name
+
+
 def cell_dir(out, h: str) -> Path:
     return Path(out) / "cells" / h
 

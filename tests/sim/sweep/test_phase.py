@@ -5,12 +5,13 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sim.common.validation import ConfigError
 from sim.sweep import CellConfig, load_spec, run_sweep
 from sim.sweep.analysis import Results
-from sim.sweep.phase import crossings, phase_windows
+from sim.sweep.phase import crossings, margin_windows, phase_windows
 
 from .test_sweep import ROOT, TINY, spec_file
 
@@ -41,7 +42,8 @@ def test_atom_rows_are_attacked_and_certified_soundly(phase_run):
                        for m in ("robust_acc", "certified_acc"))
 
 
-def _synthetic(curves: dict, clean_acc=1.0, converged=1.0, retried=None, adv_clean_acc=1.0, diverged=None) -> Results:
+def _synthetic(curves: dict, clean_acc=1.0, converged=1.0, retried=None, adv_clean_acc=1.0, diverged=None,
+               margins: dict | None = None) -> Results:
     rows = []
 
     def row(model, metric, value, norm="l2", tau=math.nan):
@@ -59,6 +61,11 @@ def _synthetic(curves: dict, clean_acc=1.0, converged=1.0, retried=None, adv_cle
     for model, curve in curves.items():
         for t, v in curve.items():
             row(model, "robust_acc", v, "l2", t)
+    for tag, mcurves in (margins or {}).items():  # {"m2": {model: curve}}: rows robust_acc:m2
+        row("eval_set", f"n_eval:{tag}", 50.0, "")
+        for model, curve in mcurves.items():
+            for t, v in curve.items():
+                row(model, f"robust_acc:{tag}", v, "l2", t)
     return Results(rows)
 
 
@@ -89,6 +96,29 @@ def test_windows_from_known_curves():
     assert w5["tau_high"] == 0.4 and w5["tau_high_censored"] is True and w5["width"] == pytest.approx(0.2)
 
 
+def test_margin_windows_from_known_curves():
+    """Each margin class gets the window of its own points; a class whose linear rows are missing
+    (a cell written before linear_rows had them) is left out, not judged on partial curves."""
+    lin = {m: {0.1: 0.0, 0.2: 0.0, 0.3: 0.0, 0.4: 0.0} for m in ("linear_clean", "linear_best_robust")}
+    m2 = {"clean_net": {0.1: 0.05, 0.2: 0.0, 0.3: 0.0, 0.4: 0.0}, "adv_net": {0.1: 1.0, 0.2: 0.95, 0.3: 0.5, 0.4: 0.1},
+          "linear_bayes": {0.1: 0.0, 0.2: 0.0, 0.3: 0.0, 0.4: 0.0}, **lin}
+    m4 = {"clean_net": {0.1: 0.9, 0.2: 0.5, 0.3: 0.1, 0.4: 0.0}, "adv_net": {0.1: 1.0, 0.2: 1.0, 0.3: 1.0, 0.4: 0.99},
+          "linear_bayes": {0.1: 0.8, 0.2: 0.0, 0.3: 0.0, 0.4: 0.0}, **lin}
+    res = _synthetic(CURVES, margins={"m2": m2, "m3+": m4})
+    w2, w4 = margin_windows(res, "l2")
+    assert (w2["margin"], w2["tau_C1"], w2["tau_lin"], w2["tau_high"]) == ("2", 0.1, 0.1, 0.2)
+    assert w2["width"] == pytest.approx(0.1) and w2["tau_high_censored"] is False and w2["n_eval"] == 50
+    assert (w4["margin"], w4["tau_low"], w4["tau_high"]) == (">=3", 0.3, 0.4) and w4["tau_high_censored"] is True
+    assert w4["width"] == pytest.approx(0.1) and w4["width_without_C1"] == pytest.approx(0.2)
+    (w,) = phase_windows(res, "l2")  # the cell's window mixes the classes: C1 from the margin-4 points
+    assert w["tau_C1"] == 0.2
+    no_lin = {"m2": {k: v for k, v in m2.items() if k != "linear_bayes"}}
+    assert margin_windows(_synthetic(CURVES, margins=no_lin), "l2") == []
+    # the clean-accuracy gates are the cell's: C1 needs the clean net's clean accuracy >= 0.99
+    assert all(x["tau_C1"] == math.inf for x in margin_windows(_synthetic(CURVES, clean_acc=0.95,
+                                                                          margins={"m2": m2}), "l2"))
+
+
 def test_crossings_from_known_curves():
     (c,) = crossings(_synthetic(CURVES), "l2")
     adv = c["radii"]["adv_net"]
@@ -114,6 +144,70 @@ def test_plot_writes_the_phase_figure_with_windows(phase_run, tmp_path):
         assert w["width_with_poly"] <= w["width"] + 1e-12
     assert {"atom_poly3", "atom_poly5", "ideal_net", "adv_net", "clean_net", "best_linear"} <= \
         set(side["crossings"][0]["radii"])
+    assert side["margin_windows"] and {w["margin"] for w in side["margin_windows"]} <= {"1", "2", ">=3"}
+    assert all({"d", "k", "seed", "margin", "tau_low", "tau_high", "width", "n_eval"} <= set(w)
+               for w in side["margin_windows"])
+
+
+def test_linear_margin_rows_split_the_exact_accuracy(phase_run):
+    """linear_rows' margin rows are the exact robust accuracy on each class's points (checked here
+    against y (<w, x> + c) > tau ||w||_2 computed directly), and the class counts weight them back
+    to the overall row."""
+    from sim.model.data import MARGIN_TAGS, Problem, margin_classes
+    from sim.sweep.job import linear_rows
+
+    spec, _ = phase_run
+    cfg = spec.points[0].config
+    prob = Problem.from_config(cfg.run.data)
+    train, test = prob.train_set(), prob.test_set()
+    taus = [0.1, 0.3]
+    rows = linear_rows(train, test, prob.wstar, prob.bayes_direction, taus, "l2")
+    cls = margin_classes(test.z, prob.wstar)
+    w = np.asarray(prob.bayes_direction, np.float64)
+    for t in taus:
+        ok = test.y * (np.asarray(test.x, np.float64) @ w) > t * np.linalg.norm(w)
+        for i, tag in enumerate(MARGIN_TAGS):
+            got = [r["value"] for r in rows if r["model"] == "linear_bayes" and r["metric"] == f"robust_acc:{tag}"
+                   and r["tau"] == t]
+            assert got == ([pytest.approx(ok[cls == i].mean(), abs=1e-15)] if np.any(cls == i) else [])
+        for m in ("linear_clean", "linear_bayes", "linear_best_robust"):
+            val = {r["metric"]: r["value"] for r in rows if r["model"] == m and r["tau"] == t}
+            split = sum(val.get(f"robust_acc:{tag}", 0.0) * np.sum(cls == i) for i, tag in enumerate(MARGIN_TAGS))
+            assert split / len(cls) == pytest.approx(val["robust_acc"], abs=1e-12)
+
+
+def test_linear_margin_rows_are_added_to_old_cells(phase_run, tmp_path):
+    """add_linear_margin_rows gives cells written without the linear margin rows exactly the rows
+    a fresh run writes, after checking that their stored linear rows are reproduced; a cell whose
+    stored rows differ is reported and left as it was."""
+    import shutil
+
+    from sim.sweep.job import add_linear_margin_rows
+    from sim.sweep.store import cell_dir, read_result
+
+    spec, out = phase_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    hashes = list(dict.fromkeys(p.hash for p in spec.points))
+    fresh = {h: read_result(out, h)["rows"] for h in hashes}
+
+    def is_lin_margin(r):
+        return r["model"].startswith("linear_") and ":" in r["metric"]
+    assert all(any(is_lin_margin(r) for r in rows) for rows in fresh.values())
+    for h in hashes:  # make them old cells: no linear margin rows; one with a tampered linear row
+        doc = read_result(old, h)
+        doc["rows"] = [r for r in doc["rows"] if not is_lin_margin(r)]
+        if h == hashes[0]:
+            next(r for r in doc["rows"] if r["model"] == "linear_clean" and r["metric"] == "robust_acc")["value"] += 0.01
+        (cell_dir(old, h) / "result.json").write_text(json.dumps(doc))
+    report = add_linear_margin_rows(old, spec)
+    assert list(report["mismatch"]) == [hashes[0]] and sorted(report["added"]) == sorted(hashes[1:])
+    assert not any(is_lin_margin(r) for r in read_result(old, hashes[0])["rows"])
+    for h in hashes[1:]:
+        doc = read_result(old, h)
+        assert sorted(map(json.dumps, doc["rows"])) == sorted(map(json.dumps, fresh[h])) and doc["amended"]
+    again = add_linear_margin_rows(old, spec)
+    assert sorted(again["present"]) == sorted(hashes[1:]) and not again["added"]
 
 
 def test_atom_degrees_and_order_are_validated(tmp_path):
