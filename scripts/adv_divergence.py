@@ -4,13 +4,17 @@ certificates, no lower bound) at the given k, lr, warm-up and radius ramp, or (-
 cell of a sweep spec at that d, k and seed; one JSON line per run with the steps, the
 convergence record's verdicts, the held-out robust-accuracy curve (every 8th check), the clean
 test accuracy and the neurons left (norm > 0.1 x the largest). Adversarial training only: no
-retry (run_adversarial_once), so that a run that diverges shows as diverged.
+retry (run_adversarial_once), so that a run that diverges shows as diverged. With --attack-radii
+the clean and the adversarially trained network are attacked at those radii on the first
+--n-attack test points (the sweep's attacks: FGM, PGD 20 x 2, the dense attack, 2 random draws),
+overall and by margin class |<w*, z>|: how far each holds each class, past a sweep's grid.
 
     python scripts/adv_divergence.py --k 3 --seeds 0 1 2 3 --out figures/adv_divergence.jsonl
     python scripts/adv_divergence.py --k 4 --seeds 2 3 --lr 0.5 --out figures/adv_divergence.jsonl
     python scripts/adv_divergence.py --k 4 --seeds 2 3 --tau-ramp 200 --out figures/adv_divergence.jsonl
     python scripts/adv_divergence.py --spec sweeps/phase.toml --d 256 --k 4 --seeds 1 2 --tau-ramp 50 --out ...
     python scripts/adv_divergence.py --spec sweeps/phase.toml --d 1024 --k 4 --seeds 0 --beta 0.1 --out ...
+    python scripts/adv_divergence.py --spec sweeps/phase.toml --d 512 --k 4 --seeds 0 --attack-radii 0.5 0.7 1.0 --out ...
 """
 import argparse
 import json
@@ -18,9 +22,11 @@ import time
 
 import numpy as np
 
+from sim import attacks
 from sim.common.threads import limit_blas_once, set_numba_threads
 from sim.experiments.verify import VerifyConfig
-from sim.measures import principal_share
+from sim.measures import by_margin, principal_share
+from sim.model.data import margin_classes
 from sim.train.adversarial import run_adversarial_once
 from sim.train.clean import train_clean
 
@@ -48,6 +54,22 @@ def top_atom_share(W, M) -> float:
     return round(float(np.median(principal_share(W, M))), 4)
 
 
+def attacked(nets: dict, problem, test, radii, n: int) -> dict:
+    """Robust accuracy of each net at each radius on the first n test points, overall and by margin
+    class: {"n_by_margin": {...}, NAME: {radius: {"all": acc, "2": acc, ...}}}."""
+    X, y = test.x[:n], test.y[:n]
+    cls = margin_classes(test.z[:n], problem.wstar)
+    out = {"n_by_margin": {c: m["n"] for c, m in by_margin(np.ones(len(y)), cls).items() if m["n"]}}
+    for name, net in nets.items():
+        out[name] = {}
+        for j, t in enumerate(radii):
+            rep = attacks.evaluate_robustness(net, X, y, t, "l2", direction=problem.bayes_direction, pgd_steps=20,
+                                              pgd_restarts=2, random_draws=2, seed=500 + j)
+            out[name][str(t)] = {"all": round(float(rep.robust_accuracy), 3),
+                                 **{c: round(m["acc"], 3) for c, m in by_margin(~rep.broken, cls).items() if m["n"]}}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--k", type=float, default=3.0)
@@ -61,6 +83,9 @@ def main():
     ap.add_argument("--tau", type=float, default=None, help="tau_l2, the training radius (default: verify's, or the spec's)")
     ap.add_argument("--spec", default=None, help="a sweep spec: run its cell at --d, --k and each seed")
     ap.add_argument("--d", type=int, default=256, help="with --spec: the cell's d")
+    ap.add_argument("--attack-radii", type=float, nargs="*", default=[],
+                    help="attack both networks at these l2 radii, by margin class")
+    ap.add_argument("--n-attack", type=int, default=500, help="the attacked test points (the first n)")
     ap.add_argument("--out", required=True, help="JSON lines, appended")
     a = ap.parse_args()
     limit_blas_once()
@@ -83,6 +108,10 @@ def main():
                "top_atom_share": {"clean": share_clean,
                                   "adv": top_atom_share(ar.net.W, clean.problem.M)},
                "seconds": round(time.time() - t, 1)}
+        if a.attack_radii:
+            rec["attacked"] = attacked({"clean_net": clean.net, "adv_net": ar.net}, clean.problem, clean.test,
+                                       a.attack_radii, a.n_attack)
+            rec["seconds"] = round(time.time() - t, 1)
         if a.spec is not None:
             rec = {"spec": a.spec, "d": a.d, **rec}
         with open(a.out, "a") as f:
