@@ -34,7 +34,7 @@ from sim.train.clean import train_clean
 def config(a, seed: int):
     """The run's config: verify's defaults at k, or the spec's cell at (d, k, seed); then the overrides."""
     over = {k: v for k, v in (("adv_lr", a.lr), ("adv_warmup", a.warmup), ("adv_tau_ramp", a.tau_ramp),
-                              ("adv_steps", a.cap), ("adv_beta", a.beta),
+                              ("adv_steps", a.cap), ("adv_min_steps", a.min_steps), ("adv_beta", a.beta),
                               ("adv_beta_ramp", a.beta_ramp), ("tau_l2", a.tau)) if v is not None}
     if a.spec is None:
         vc = VerifyConfig(norms=("l2",), lower_bound=False, certify=False)
@@ -78,6 +78,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=None, help="adv_warmup (default: verify's, or the spec's)")
     ap.add_argument("--tau-ramp", type=int, default=None, help="adv_tau_ramp (default: verify's, or the spec's)")
     ap.add_argument("--cap", type=int, default=None, help="adv_steps (default: verify's, or the spec's)")
+    ap.add_argument("--min-steps", type=int, default=None,
+                    help="adv_min_steps: no plateau stop before this step (= --cap: run to the cap)")
     ap.add_argument("--beta", type=float, default=None, help="adv_beta, the final relative bias (default: verify's, or the spec's)")
     ap.add_argument("--beta-ramp", type=int, default=None, help="adv_beta_ramp (default: verify's, or the spec's)")
     ap.add_argument("--tau", type=float, default=None, help="tau_l2, the training radius (default: verify's, or the spec's)")
@@ -97,7 +99,7 @@ def main():
         share_clean = top_atom_share(clean.net.W, clean.problem.M)
         ar = run_adversarial_once(clean, vc, "l2", "fgm", True, track=False)
         norms = np.linalg.norm(ar.net.W, axis=1)
-        rec = {"k": a.k, "seed": seed, "adv_lr": vc.adv_lr, "adv_warmup": vc.adv_warmup,
+        rec = {"k": a.k, "seed": seed, "adv_lr": vc.adv_lr, "adv_min_steps": vc.adv_min_steps, "adv_warmup": vc.adv_warmup,
                "adv_tau_ramp": vc.adv_tau_ramp, "adv_batch": vc.adv_batch, "adv_beta": vc.adv_beta, "tau_l2": vc.tau_l2,
                "adv_beta_ramp": vc.adv_beta_ramp,
                "steps": ar.convergence["steps"], "converged": ar.convergence["converged"],

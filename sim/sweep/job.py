@@ -118,7 +118,7 @@ def run_cell(cfg: CellConfig) -> dict:
     per-attack accuracies 'attack:NAME' and masking_flag at every radius, certified_acc
     (if certify), the C2 measures (summarize_dense) and, for adv_net, the C4 measures
     (summarize_purification); linear_clean / linear_best_robust / linear_bayes: clean_acc
-    and exact robust_acc at every radius; 'c5:MODEL_TRAINING@FN' rows of the lower-bound
+    and exact robust_acc at every radius, also by margin class (linear_rows); 'c5:MODEL_TRAINING@FN' rows of the lower-bound
     table. norm is the threat model ('' for the clean network's weight measures), tau the
     radius of the evaluation (0 for clean accuracy, None for weight measures).
 
