@@ -253,8 +253,9 @@ def figure_phase(res: Results, norm: str):
             _margin_panel(axes[2][j], [w for w in mws if w["series"] == s and (w["d"], w["seed"]) in keep], xs)
     axes[0][0].legend(fontsize=7, loc="lower left")
     axes[1][0].legend(fontsize=7, loc="best")
-    if nrow == 3:
-        axes[2][0].legend(fontsize=7, loc="best")
+    for ax in (axes[2] if nrow == 3 else ()):  # each panel its own classes (5 and 7 atoms: margin 1)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{res.name}: where each model breaks ({norm}): line = radius of 50 % robust accuracy (mean over "
                  "seeds),\nband = 90 % to 10 %; open circles: a seed whose adversarial training hit its cap or diverged "
                  "\n(not converged: left out of the means); values off the radii swept drawn at the edge", fontsize=10)
