@@ -14,7 +14,7 @@ import traceback
 import numpy as np
 
 from sim.common.threads import limit_blas_once, set_numba_threads
-from sim.model.data import MARGIN_TAGS
+from sim.model.data import MARGIN_TAGS, margin_classes
 
 from .spec import CELL_SCHEMA, LINEAR_MODELS, CellConfig, config_hash
 
@@ -24,12 +24,13 @@ def _row(model, metric, value, norm="", tau=None) -> dict:
             "value": float(value)}
 
 
-
-
 def _margin_rows(model, metric, ok, classes, norm, tau) -> list[dict]:
-    """metric:m1 / :m2 / :m3+ rows, the mean of the boolean ok over each margin class present."""
-    return [_row(model, f"{metric}:{tag}", np.mean(ok[classes == i]), norm, tau)
-            for i, tag in enumerate(MARGIN_TAGS) if np.any(classes == i)]
+    """metric:m1 / :m2 / :m3+ rows: the mean of the boolean ok over each margin class present
+    (sim.measures.by_margin)."""
+    from sim.measures import by_margin
+
+    return [_row(model, f"{metric}:{tag}", m["acc"], norm, tau)
+            for tag, m in zip(MARGIN_TAGS, by_margin(ok, classes).values()) if m["n"]]
 
 
 def linear_rows(train, test, wstar, direction, taus, norm: str) -> list[dict]:
@@ -40,7 +41,6 @@ def linear_rows(train, test, wstar, direction, taus, norm: str) -> list[dict]:
     windows of sim.sweep.phase need them). A pure function of the data: scripts/linear_by_margin.py
     recomputes it for the cells written before the margin rows existed."""
     from sim.lowerbound import LinearModel, fit_logistic, fit_robust_logistic
-    from sim.model.data import margin_classes
 
     Xt, yt = np.asarray(test.x, np.float64), np.asarray(test.y, np.float64)
     classes = margin_classes(test.z, wstar)
@@ -104,7 +104,7 @@ def add_linear_margin_rows(out, spec) -> dict:
             continue
         res["rows"] = res["rows"] + [r for r in new if ":" in r["metric"]]
         res.setdefault("amended", []).append({"added": "linear models' robust_acc by margin class (linear_rows)",
-                                              "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(git_commit() or {})})
+                                              "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **git_commit()})
         atomic_write_json(cell_dir(out, h) / "result.json", res)
         report["added"].append(h)
     write_table(out, spec)
@@ -135,7 +135,6 @@ def run_cell(cfg: CellConfig) -> dict:
     from sim import attacks, measures
     from sim.common.meta import versions
     from sim.train.clean import data_summary, train_clean
-    from sim.model.data import margin_classes
     from sim.model.network import ideal_network
     from sim.lowerbound.atoms import (AtomPolynomial, lagrangian_certificate, step_coefficients, threat_box,
                                       threat_geometry)

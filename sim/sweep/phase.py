@@ -128,10 +128,8 @@ def margin_windows(res: Results, norm: str, cs: list[dict] | None = None) -> lis
     out = []
     for c in cs:
         g, cell = c["group"], c["cell"]
-
-        def clean(model, nm):
-            v = [r["value"] for r in res.get(g, model, "clean_acc", nm) if r["cell"] == cell and r["tau"] == 0.0]
-            return v[0] if v else math.nan
+        clean_acc = (res.cell_value(g, cell, "clean_net", "clean_acc", ""),  # one row each, at radius 0
+                     res.cell_value(g, cell, "adv_net", "clean_acc", norm))
         for tag in MARGIN_TAGS:
             metric = f"robust_acc:{tag}"
             cn, an = _curve(res, g, cell, "clean_net", norm, metric), _curve(res, g, cell, "adv_net", norm, metric)
@@ -139,7 +137,7 @@ def margin_windows(res: Results, norm: str, cs: list[dict] | None = None) -> lis
             if not cn or not an or len(lin) < len(LINEAR):
                 continue
             taus = sorted(cn)
-            w = c6_window(taus, cn, lin, an, clean("clean_net", ""), clean("adv_net", norm))
+            w = c6_window(taus, cn, lin, an, *clean_acc)
             out.append({"d": c["d"], "k": c["k"], "seed": c["seed"], "series": c["series"], "cell": cell,
                         "margin": MARGIN_NAMES[tag], "converged": c["converged"],
                         "n_eval": res.cell_value(g, cell, "eval_set", f"n_eval:{tag}", ""),
